@@ -127,9 +127,10 @@ class Step:
     parameters: tuple[str, ...]  # pipeline parameters the step reads, sorted
     metrics: tuple[str, ...]  # metric names this step records, sorted
     after: tuple[str, ...]  # explicit ordering constraints (step names)
-    packages: tuple[str, ...]  # pip distributions the step needs, sorted
+    packages: tuple[str, ...]  # pip requirements the step needs, sorted, pinned where known
     settings: StepSettings
     uses_ipython: bool = False  # magics or shell escapes need an IPython shell
+    modules: tuple[str, ...] = ()  # top-level modules its cells (and imports/functions cells) import
 
     @property
     def first_cell(self) -> int:

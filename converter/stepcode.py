@@ -1,0 +1,129 @@
+"""The program each step runs, and its command line: one definition for every output and engine.
+
+A step is `python3 -c PROGRAM ARGS...` where PROGRAM is `converter/runtime.py`'s source plus the
+step's spec. The KFP output puts exactly this in a container component; the local engine runs
+exactly this in a process. Changing the generated code here changes both ("run what you ship").
+"""
+
+from __future__ import annotations
+
+import functools
+import keyword
+import pprint
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from converter import packaging
+from converter.model import Pipeline, Step
+
+ArgKind = Literal["literal", "input", "output", "parameter"]
+KFP_EXECUTOR_OUTPUT = "/tmp/kfp_outputs/output_metadata.json"  # read by the KFP v2 launcher after the command
+METRICS_ARTIFACT = "metrics"
+REPORT_ARTIFACT = "report"
+# Names the generated DSL module uses itself; steps with these names get a suffix in Python.
+_DSL_NAMES = frozenset({"dsl", "kubernetes", "compiler", "Artifact", "HTML", "Input", "Metrics", "Output", "pipeline"})
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argv token: a literal, or a placeholder an engine fills in (artifact path or parameter value)."""
+
+    kind: ArgKind
+    value: str  # the literal text, or the artifact / parameter name
+
+
+@functools.cache
+def runtime_source() -> str:
+    return (Path(__file__).parent / "runtime.py").read_text(encoding="utf-8")
+
+
+def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
+    """What the runtime needs to know about a step, as a JSON-compatible dict."""
+    types = {p.name: p.type for p in pipeline.parameters}
+    cells = [
+        *({"index": c.index, "role": "imports", "code": c.python} for c in pipeline.imports),
+        *({"index": c.index, "role": "functions", "code": c.python} for c in pipeline.functions),
+        *({"index": c.index, "role": "step", "code": c.python} for c in step.cells),
+    ]
+    return {
+        "step": step.name,
+        "notebook": Path(pipeline.notebook).name,
+        "cells": cells,
+        "inputs": list(step.inputs),
+        "outputs": list(step.outputs),
+        "parameters": {name: types[name] for name in step.parameters},
+        "metrics": list(step.metrics),
+        "requirements": packaging.module_requirements(step.modules, step.packages),
+        "ipython": step.uses_ipython,
+    }
+
+
+def step_tail(pipeline: Pipeline, step: Step) -> str:
+    """The step-specific end of the program, appended to the shared runtime source."""
+    body = pprint.pformat(spec(pipeline, step), width=110, sort_dicts=False)
+    return f"\nSPEC = {body}\nraise SystemExit(run_step(SPEC, sys.argv[1:]))\n"
+
+
+def program(pipeline: Pipeline, step: Step) -> str:
+    return runtime_source() + step_tail(pipeline, step)
+
+
+def artifact_names(step: Step) -> tuple[dict[str, str], dict[str, str]]:
+    """Variable -> KFP artifact name, for the step's inputs and outputs.
+
+    Inputs keep the variable's name. An output that is also an input (a mutated value passed on)
+    and names our own artifacts use get a suffix, since one component cannot reuse a name.
+    """
+    used = {METRICS_ARTIFACT, REPORT_ARTIFACT, *step.parameters}
+    inputs: dict[str, str] = {}
+    for var in step.inputs:
+        inputs[var] = _unique(var, used)
+    outputs: dict[str, str] = {}
+    for var in step.outputs:
+        outputs[var] = _unique(var if var not in step.inputs else f"{var}_updated", used)
+    return inputs, outputs
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate = name
+    while candidate in used:
+        candidate = f"{candidate}_"
+    used.add(candidate)
+    return candidate
+
+
+def arguments(step: Step, executor_output: str | None = KFP_EXECUTOR_OUTPUT) -> list[Arg]:
+    """The step's argv after the program, with placeholders for artifacts and parameters."""
+    inputs, outputs = artifact_names(step)
+    args: list[Arg] = []
+    for var, name in inputs.items():
+        args += [Arg("literal", "--input"), Arg("literal", var), Arg("input", name)]
+    for param in step.parameters:
+        args += [Arg("literal", "--param"), Arg("literal", param), Arg("parameter", param)]
+    for var, name in outputs.items():
+        args += [Arg("literal", "--output"), Arg("literal", var), Arg("output", name)]
+    if step.metrics:
+        args += [Arg("literal", "--metrics"), Arg("output", METRICS_ARTIFACT)]
+    if step.settings.report:
+        args += [Arg("literal", "--report"), Arg("output", REPORT_ARTIFACT)]
+    if executor_output:
+        args += [Arg("literal", "--executor-output"), Arg("literal", executor_output)]
+    return args
+
+
+def python_names(pipeline: Pipeline) -> dict[str, str]:
+    """Step name -> a Python identifier for its component function, clear of every other name used."""
+    taken = set(_DSL_NAMES) | {p.name for p in pipeline.parameters}
+    names: dict[str, str] = {}
+    for step in pipeline.steps:
+        name = step.name.replace("-", "_")
+        if keyword.iskeyword(name) or name in taken:
+            name = f"{name}_step"
+        names[step.name] = _unique(name, taken)
+    return names
+
+
+def task_name(python_name: str) -> str:
+    """KFP derives task and component names from the function name this way."""
+    return python_name.replace("_", "-")
