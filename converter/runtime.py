@@ -1,0 +1,596 @@
+"""The program every cellpipe pipeline step runs, on a KFP pod or on the local engine.
+
+It is embedded verbatim in each compiled step as ``python3 -c PROGRAM ARGS``, so it stays
+self-contained: standard library at module level, numpy/pandas/IPython/... imported only when a
+value or a cell needs them, because every step pays the startup cost. It runs the step's cells like
+a notebook kernel, tees their output, moves variables in and out as typed artifacts and writes the
+step's metrics, HTML report and cell outputs.
+
+A cell raising ``SystemExit`` with code 0 or None stops the remaining cells and the step goes on
+to save its outputs (so it can still succeed); any other code fails the step with exit status 1.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import html
+import importlib.util
+import json
+import linecache
+import math
+import os
+import re
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+_VALUE_FILES = ("value.npy", "value.parquet", "value.joblib", "value.pt", "value.json", "value.pkl")
+_REPRS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("text/latex", "_repr_latex_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+)
+_SHARED_ROLES = ("imports", "functions")
+_CSS = (
+    "body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}"
+    "pre{white-space:pre-wrap;margin:.3em 0;padding:.5em;border-radius:4px;overflow-x:auto}"
+    ".src{background:#f5f5f7;border-left:3px solid #4a78c2}.stderr{background:#fff4e5}"
+    ".error{background:#fdecea;color:#8a1c1c}.cell{margin:1.2em 0}.head{color:#777;font-size:12px}"
+    ".skipped{opacity:.5}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+    "img{max-width:100%}"
+)
+
+
+class StepFailed(Exception):
+    """A user-caused failure of the step, reported as one line naming the step, never a traceback."""
+
+
+# ---------------------------------------------------------------- serialization
+
+
+def save_value(value: object, path: str | os.PathLike[str]) -> str:
+    """Save `value` into the artifact directory `path` in the fastest faithful format; return it."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (*_VALUE_FILES, "meta.json"):
+        (folder / name).unlink(missing_ok=True)  # a stale file would win the load dispatch
+    meta: dict[str, Any] = {}
+    fmt = _save_typed(value, folder, meta) or _save_pickle(value, folder)
+    cls = type(value)
+    meta.update(format=fmt, type=f"{cls.__module__}.{cls.__qualname__}")
+    meta["nbytes"] = (folder / f"value.{fmt}").stat().st_size
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return fmt
+
+
+def _save_typed(value: Any, folder: Path, meta: dict[str, Any]) -> str | None:
+    """Formats that beat pickle for their type; None when none applies."""
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
+    if np is not None and type(value) is np.ndarray and not value.dtype.hasobject:
+        with open(folder / "value.npy", "wb") as file:  # a real file: np.save streams, no copy
+            np.save(file, value, allow_pickle=False)
+        return "npy"
+    if pd is not None and type(value) in (pd.DataFrame, pd.Series):
+        is_series = type(value) is pd.Series
+        name = value.name if is_series else None
+        frame = value.to_frame("value") if is_series else value
+        if (name is None or type(name) in (str, int, float, bool)) and _parquet_faithful(frame, pd):
+            try:
+                frame.to_parquet(folder / "value.parquet", engine="pyarrow", compression=None)
+            except Exception:  # pyarrow missing or a dtype it cannot write: pickle instead
+                (folder / "value.parquet").unlink(missing_ok=True)
+            else:
+                if is_series:
+                    meta["series"] = {"name": name}
+                return "parquet"
+    sklearn_base = sys.modules.get("sklearn.base")
+    if sklearn_base is not None and isinstance(value, sklearn_base.BaseEstimator) and _by_reference(value):
+        try:
+            import joblib
+        except ImportError:
+            return None
+        joblib.dump(value, folder / "value.joblib")
+        return "joblib"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor | torch.nn.Module):
+        try:  # classes defined in cells live in __main__: cloudpickle stores them by value
+            import cloudpickle as pickler
+        except ImportError:
+            import pickle as pickler
+        torch.save(value, folder / "value.pt", pickle_module=pickler)
+        return "pt"
+    if _json_exact(value):
+        (folder / "value.json").write_text(json.dumps(value))
+        return "json"
+    return None
+
+
+def _parquet_faithful(frame: Any, pd: Any) -> bool:
+    """Parquet round-trips a frame only with unique string labels and homogeneous columns."""
+    labels = list(frame.columns)
+    names = [*frame.index.names, frame.columns.name]
+    if not all(type(c) is str for c in labels) or len(set(labels)) != len(labels):
+        return False
+    if not all(n is None or type(n) is str for n in names):
+        return False
+    index = frame.index
+    columns = [frame[c] for c in labels] + [index.get_level_values(i) for i in range(index.nlevels)]
+    infer = pd.api.types.infer_dtype
+    return all(c.dtype != object or infer(c, skipna=True) in ("string", "empty") for c in columns)
+
+
+def _by_reference(estimator: Any) -> bool:
+    """joblib pickles classes by reference: fine unless a part was defined in the notebook."""
+    try:
+        parts = [estimator, *estimator.get_params(deep=True).values()]
+    except Exception:
+        return False
+    return not any("__main__" in (type(p).__module__, getattr(p, "__module__", None)) for p in parts)
+
+
+def _json_exact(value: object) -> bool:
+    """True when JSON gives back exactly this value (no tuples, no int keys, no subclasses)."""
+    try:
+        kind = type(value)
+        if kind in (type(None), bool, int, float, str):
+            return True
+        if kind is list:
+            return all(_json_exact(v) for v in value)  # type: ignore[attr-defined]
+        if kind is dict:
+            return all(type(k) is str and _json_exact(v) for k, v in value.items())  # type: ignore[attr-defined]
+    except RecursionError:  # cyclic or absurdly deep: pickle handles it
+        pass
+    return False
+
+
+def _save_pickle(value: object, folder: Path) -> str:
+    try:
+        import cloudpickle as pickler
+    except ImportError:
+        import pickle as pickler
+    target = folder / "value.pkl"
+    try:
+        with open(target, "wb") as file:
+            pickler.dump(value, file, protocol=5)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return "pkl"
+
+
+def load_value(path: str | os.PathLike[str]) -> object:
+    """Load what `save_value` wrote into `path`, dispatching on the value file present."""
+    folder = Path(path)
+    meta_file = folder / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    file = next((folder / n for n in _VALUE_FILES if (folder / n).exists()), None)
+    if file is None:
+        raise FileNotFoundError(f"no saved value in {folder}")
+    fmt = file.suffix[1:]
+    if fmt == "npy":
+        import numpy as np
+
+        with open(file, "rb") as handle:
+            return np.load(handle, allow_pickle=False)
+    if fmt == "parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(file, engine="pyarrow")
+        if "series" not in meta:
+            return frame
+        return frame["value"].rename(meta["series"]["name"])
+    if fmt == "joblib":
+        import joblib
+
+        return joblib.load(file)
+    if fmt == "pt":
+        import torch
+
+        where = None if torch.cuda.is_available() else "cpu"  # saved on a GPU pod, loaded on CPU
+        return torch.load(file, map_location=where, weights_only=False)
+    if fmt == "json":
+        return json.loads(file.read_text())
+    import pickle
+
+    with open(file, "rb") as handle:
+        return pickle.load(handle)
+
+
+# ---------------------------------------------------------------- arguments and parameters
+
+
+def _parse_args(argv: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {"input": {}, "param": {}, "output": {}, "no-install": False}
+    rest = list(argv)
+    while rest:
+        flag = rest.pop(0)
+        key = flag[2:]
+        if flag == "--no-install":
+            args["no-install"] = True
+        elif key in ("input", "param", "output") and len(rest) >= 2:
+            name = rest.pop(0)
+            args[key][name] = rest.pop(0)
+        elif key in ("metrics", "report", "cell-outputs", "executor-output") and rest:
+            args[key] = rest.pop(0)
+        else:
+            raise StepFailed(f"bad runtime argument {flag!r} in {argv}")
+    return args
+
+
+def _typed(name: str, kind: str, raw: str) -> object:
+    """A parameter value as KFP renders it on the command line, back to its Python type."""
+    try:
+        if kind == "str":
+            return raw
+        if kind == "int":
+            number = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError("not an integer")
+            return int(number)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.strip().lower() in ("true", "1", "false", "0"):
+                return raw.strip().lower() in ("true", "1")
+            raise ValueError("expected true or false")
+        if kind in ("list", "dict"):
+            value = json.loads(raw)
+            if type(value) is not (list if kind == "list" else dict):
+                raise ValueError(f"not a JSON {kind}")
+            return value
+    except ValueError as error:
+        raise StepFailed(f"parameter {name!r} ({kind}): cannot read {raw!r}: {error}") from None
+    raise StepFailed(f"parameter {name!r} has unknown type {kind!r}")
+
+
+def _install(requirements: dict[str, str], allowed: bool) -> None:
+    """pip-install the distributions of import names that cannot be found, in one pip call."""
+    missing = [(name, dist) for name, dist in requirements.items() if not _importable(name)]
+    if not missing:
+        return
+    wanted = " ".join(dict.fromkeys(dist for _, dist in missing))
+    if not allowed:
+        names = ", ".join(f"{name} (pip: {dist})" for name, dist in missing)
+        raise StepFailed(f"missing modules {names} and --no-install was given")
+    import site
+    import subprocess
+
+    print(f"cellpipe: pip install {wanted}", file=sys.stderr, flush=True)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
+    code = subprocess.run([*pip, *wanted.split()], check=False).returncode
+    if code:
+        raise StepFailed(f"pip install {wanted} failed (exit status {code})")
+    user_site = site.getusersitepackages()  # pip's fallback target may not have existed at startup
+    if os.path.isdir(user_site) and user_site not in sys.path:
+        site.addsitedir(user_site)
+    importlib.invalidate_caches()
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:  # a dotted name whose parent is missing or broken
+        return False
+
+
+# ---------------------------------------------------------------- running the cells
+
+
+class _Tee:
+    """A stdout/stderr stand-in: writes through at once (pod log) and records a stream output."""
+
+    def __init__(self, real: Any, name: str, step: _Step) -> None:
+        self.real, self.name, self.step = real, name, step
+
+    def write(self, text: str) -> int:
+        self.real.write(text)
+        if "\n" in text:
+            self.real.flush()
+        self.step.stream(self.name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.real, attr)
+
+
+def _bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """A MIME bundle as nbformat stores it: binary images base64, everything else text or JSON."""
+    out: dict[str, Any] = {}
+    for mime, value in data.items():
+        if isinstance(value, tuple):  # _repr_png_ may return (data, metadata)
+            value = value[0]
+        if isinstance(value, bytes):
+            binary = mime.startswith("image/") and "svg" not in mime
+            value = base64.b64encode(value).decode() if binary else value.decode(errors="replace")
+        elif not (isinstance(value, str) or "json" in mime):
+            value = str(value)
+        out[mime] = value
+    return out
+
+
+def _render(output: dict[str, Any]) -> str:
+    """One nbformat output as report HTML, preferring the richest representation."""
+    kind = output["output_type"]
+    if kind == "stream":
+        return f'<pre class="{output["name"]}">{_text(output["text"])}</pre>'
+    if kind == "error":
+        return f'<pre class="error">{_text(chr(10).join(output["traceback"]))}</pre>'
+    data = output["data"]
+    if "text/html" in data:
+        return f"<div>{data['text/html']}</div>"
+    for mime in ("image/svg+xml", "image/png", "image/jpeg"):
+        if mime in data:
+            raw = data[mime].encode() if "svg" in mime else None
+            encoded = base64.b64encode(raw).decode() if raw is not None else data[mime]
+            return f'<img src="data:{mime};base64,{encoded}">'
+    for mime in ("text/markdown", "text/latex", "text/plain"):
+        if mime in data:
+            return f"<pre>{_text(data[mime])}</pre>"
+    return ""
+
+
+def _text(text: str) -> str:
+    return html.escape(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text))
+
+
+class _Step:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.name = str(spec.get("step", "?"))
+        self.shell: Any = None
+        self.ns: dict[str, Any] = {}
+        self.done: list[dict[str, Any]] = []  # cells run so far: index, role, count, outputs, seconds
+        self.outputs: list[dict[str, Any]] = []  # the running cell's outputs
+        self.error_cell: int | None = None
+        self.failure: str | None = None
+
+    def run(self, argv: list[str]) -> int:
+        args: dict[str, Any] = {}
+        main = sys.modules.get("__main__")
+        try:
+            args = _parse_args(argv)
+            _install(self.spec.get("requirements", {}), not args["no-install"])
+            self.ns = self._namespace()
+            for name, path in args["input"].items():
+                try:
+                    self.ns[name] = load_value(path)
+                except Exception as error:
+                    raise StepFailed(f"cannot load input {name!r} from {path}: {error}") from None
+            missing = sorted(set(self.spec.get("inputs", [])) - set(args["input"]))
+            if missing:
+                raise StepFailed(f"no --input given for {', '.join(missing)}")
+            for name, kind in self.spec.get("parameters", {}).items():
+                if name not in args["param"]:
+                    raise StepFailed(f"no --param given for parameter {name!r}")
+                self.ns[name] = _typed(name, kind, args["param"][name])
+            if self._run_cells():
+                self._save_outputs(args["output"])
+                self._write_metrics(args)
+        except StepFailed as failure:
+            self.failure = str(failure)
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+            self._write_results(args)
+        if self.failure:
+            where = f" ({self.spec['notebook']})" if self.spec.get("notebook") else ""
+            print(f"cellpipe: step {self.name!r}{where} failed: {self.failure}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    def _namespace(self) -> dict[str, Any]:
+        """A fresh __main__ for the cells; registered in sys.modules so pickle finds their classes."""
+        os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI on a pod; figures are captured instead
+        if self.spec.get("ipython") and _importable("IPython"):
+            from IPython.core.displaypub import DisplayPublisher
+            from IPython.core.interactiveshell import InteractiveShell
+            from traitlets.config import Config
+
+            step = self
+
+            class Recorder(DisplayPublisher):
+                def publish(self, data: dict[str, Any], metadata: Any = None, *a: Any, **k: Any) -> None:
+                    step.record({"output_type": "display_data", "data": data, "metadata": metadata or {}})
+
+                def clear_output(self, wait: bool = False) -> None:
+                    step.outputs.clear()
+
+            config = Config()
+            config.HistoryManager.enabled = False  # no sqlite file or saver thread in a pod
+            self.shell = InteractiveShell.instance(config=config)
+            self.shell.display_pub = Recorder(shell=self.shell)
+            module = self.shell.user_module
+        else:
+            module = types.ModuleType("__main__")
+            module.__dict__["display"] = self._display
+        sys.modules["__main__"] = module
+        return module.__dict__
+
+    def _display(self, *objs: Any, raw: bool = False, metadata: Any = None, **_: Any) -> None:
+        """IPython's `display` for kernels without IPython: records rich display_data outputs."""
+        for obj in objs:
+            data = obj if raw else self._mime(obj)
+            self.record({"output_type": "display_data", "data": data, "metadata": metadata or {}})
+
+    def _mime(self, obj: Any) -> dict[str, Any]:
+        if self.shell is not None:
+            return dict(self.shell.display_formatter.format(obj)[0])
+        data = {"text/plain": repr(obj)}
+        for mime, attr in _REPRS if not isinstance(obj, type) else ():
+            try:
+                value = getattr(obj, attr, lambda: None)()
+            except Exception:  # a broken optional repr must not fail the cell
+                continue
+            if value is not None:
+                data[mime] = value
+        return data
+
+    def record(self, output: dict[str, Any]) -> None:
+        if "data" in output:
+            output["data"] = _bundle(output["data"])
+        self.outputs.append(output)
+
+    def stream(self, name: str, text: str) -> None:
+        last = self.outputs[-1] if self.outputs else None
+        if last and last["output_type"] == "stream" and last["name"] == name:
+            last["text"] += text
+        else:
+            self.outputs.append({"output_type": "stream", "name": name, "text": text})
+
+    def _run_cells(self) -> bool:
+        """Run every cell like a kernel would; False when one failed."""
+        real_out, real_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(real_out, "stdout", self), _Tee(real_err, "stderr", self)
+        try:
+            for count, cell in enumerate(self.spec.get("cells", []), 1):
+                self.outputs = []
+                started = time.perf_counter()
+                error = self._run_cell(cell["index"], cell["code"], count)
+                self._flush_figures()
+                t = round(time.perf_counter() - started, 3)
+                self.done.append({**cell, "execution_count": count, "outputs": self.outputs, "seconds": t})
+                if isinstance(error, SystemExit) and error.code in (None, 0):
+                    return True
+                if error is not None:
+                    self._record_error(cell["index"], error, real_err)
+                    return False
+            return True
+        finally:
+            sys.stdout, sys.stderr = real_out, real_err
+
+    def _run_cell(self, index: int, code: str, count: int) -> BaseException | None:
+        filename = f"<cell {index}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        try:
+            tree = ast.parse(code, filename)
+            last = None
+            tail = tree.body[-1] if tree.body else None
+            if isinstance(tail, ast.Expr) and not code.rstrip().endswith(";"):  # `;` hides it, as in Jupyter
+                tree.body.pop()
+                last = ast.Expression(tail.value)
+            exec(compile(tree, filename, "exec"), self.ns)
+            if last is not None:
+                value = eval(compile(last, filename, "eval"), self.ns)
+                if value is not None:
+                    result = {"output_type": "execute_result", "data": self._mime(value), "metadata": {}}
+                    self.record({**result, "execution_count": count})
+        except BaseException as error:  # SystemExit and KeyboardInterrupt end the step too
+            return error
+        return None
+
+    def _record_error(self, index: int, error: BaseException, real_err: Any) -> None:
+        import traceback
+
+        tb = error.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
+            tb = tb.tb_next  # hide the runtime's own frames
+        lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
+        ename, evalue = type(error).__name__, str(error)
+        self.outputs.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines})
+        real_err.write("\n".join(lines) + "\n")
+        real_err.flush()
+        self.error_cell = index
+        self.failure = f"cell {index} raised {ename}: {evalue}"
+
+    def _flush_figures(self) -> None:
+        """Open matplotlib figures become PNG display outputs, as the inline backend does."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        import io
+
+        try:
+            for number in plt.get_fignums():
+                figure, buffer = plt.figure(number), io.BytesIO()
+                figure.savefig(buffer, format="png", bbox_inches="tight")
+                data = {"image/png": buffer.getvalue(), "text/plain": repr(figure)}
+                self.record({"output_type": "display_data", "data": data, "metadata": {}})
+            plt.close("all")
+        except Exception as error:
+            print(f"cellpipe: warning: could not capture a figure: {error}", file=sys.stderr)
+
+    def _save_outputs(self, outputs: dict[str, str]) -> None:
+        for name, path in outputs.items():
+            if name not in self.ns:
+                raise StepFailed(f"output variable {name!r} is not defined after the step's cells ran")
+            try:
+                save_value(self.ns[name], path)
+            except Exception as error:
+                kind = type(self.ns[name]).__name__
+                raise StepFailed(f"cannot save output {name!r} ({kind}) to {path}: {error}") from None
+
+    def _write_metrics(self, args: dict[str, Any]) -> None:
+        values: dict[str, int | float | bool] = {}
+        for name in self.spec.get("metrics", []):
+            if name not in self.ns:
+                print(f"cellpipe: warning: metric {name!r} was never assigned: skipped", file=sys.stderr)
+                continue
+            value = self.ns[name]
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                value = value.item()
+            if isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
+                values[name] = value
+            else:
+                print(f"cellpipe: warning: metric {name!r} = {value!r} is not a number", file=sys.stderr)
+        if "metrics" in args:
+            _write(args["metrics"], json.dumps(values))
+        if "executor-output" in args:  # the KFP launcher merges this into the Metrics artifact
+            metadata = {name: float(value) for name, value in values.items()}
+            executor_output = {"artifacts": {"metrics": {"artifacts": [{"metadata": metadata}]}}}
+            _write(args["executor-output"], json.dumps(executor_output))
+
+    def _write_results(self, args: dict[str, Any]) -> None:
+        try:
+            if "cell-outputs" in args:
+                keys = ("index", "role", "execution_count", "outputs")
+                cells = [{k: c.get(k) for k in keys} for c in self.done]
+                status = "error" if self.failure else "ok"
+                result = {"cells": cells, "status": status, "error_cell": self.error_cell}
+                _write(args["cell-outputs"], json.dumps(result))
+            if "report" in args:
+                _write(args["report"], self._report())
+        except OSError as error:
+            self.failure = self.failure or f"cannot write results: {error}"
+
+    def _report(self) -> str:
+        """One self-contained HTML page, like a rendered notebook of this step."""
+        title = html.escape(self.name)
+        status = f"failed: {self.failure}" if self.failure else "succeeded"
+        parts = [
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style>',
+            f"</head><body><h1>Step {title}</h1><p>{html.escape(str(self.spec.get('notebook', '')))}: ",
+            f'<span class="{"error" if self.failure else ""}">{html.escape(status)}</span></p>',
+        ]
+        ran = {c["index"]: c for c in self.done}
+        for cell in self.spec.get("cells", []):
+            done = ran.get(cell["index"])
+            ran_as = f" [{done['execution_count']}] {done['seconds']} s" if done else ": not run"
+            head = f"cell {cell['index']}{ran_as}"
+            body = f'<pre class="src">{_text(cell["code"])}</pre>'
+            body += "".join(_render(o) for o in done["outputs"]) if done else ""
+            if cell.get("role") in _SHARED_ROLES:
+                head += f" ({cell['role']})"
+                parts.append(f'<details><summary class="head">{head}</summary>{body}</details>')
+            else:
+                css = "cell" if done else "cell skipped"
+                parts.append(f'<div class="{css}"><div class="head">{head}</div>{body}</div>')
+        return "".join(parts) + "</body></html>\n"
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def run_step(spec: dict[str, Any], argv: list[str]) -> int:
+    """Run one pipeline step as described by `spec` with command-line `argv`; the exit status."""
+    return _Step(spec).run(argv)
