@@ -254,18 +254,18 @@ def _install(requirements: dict[str, str], allowed: bool) -> None:
     missing = [(name, dist) for name, dist in requirements.items() if not _importable(name)]
     if not missing:
         return
-    wanted = " ".join(dict.fromkeys(dist for _, dist in missing))
+    wanted = list(dict.fromkeys(dist for _, dist in missing))
     if not allowed:
         names = ", ".join(f"{name} (pip: {dist})" for name, dist in missing)
         raise StepFailed(f"missing modules {names} and --no-install was given")
     import site
     import subprocess
 
-    print(f"cellpipe: pip install {wanted}", file=sys.stderr, flush=True)
+    print(f"cellpipe: pip install {' '.join(wanted)}", file=sys.stderr, flush=True)
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
-    code = subprocess.run([*pip, *wanted.split()], check=False).returncode
+    code = subprocess.run([*pip, *wanted], check=False).returncode
     if code:
-        raise StepFailed(f"pip install {wanted} failed (exit status {code})")
+        raise StepFailed(f"pip install {' '.join(wanted)} failed (exit status {code})")
     user_site = site.getusersitepackages()  # pip's fallback target may not have existed at startup
     if os.path.isdir(user_site) and user_site not in sys.path:
         site.addsitedir(user_site)
@@ -388,9 +388,16 @@ class _Step:
         return 0
 
     def _namespace(self) -> dict[str, Any]:
-        """A fresh __main__ for the cells; registered in sys.modules so pickle finds their classes."""
+        """A fresh __main__ for the cells; registered in sys.modules so pickle finds their classes.
+
+        Cells that import IPython themselves (``from IPython.display import HTML``) get the shell too,
+        so their display() calls are recorded rather than printed as reprs.
+        """
         os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI on a pod; figures are captured instead
-        if self.spec.get("ipython") and _importable("IPython"):
+        imports_ipython = re.compile(r"^\s*(from|import)\s+IPython\b", re.MULTILINE)
+        cells = self.spec.get("cells", [])
+        wants_shell = self.spec.get("ipython") or any(imports_ipython.search(c["code"]) for c in cells)
+        if wants_shell and _importable("IPython"):
             from IPython.core.displaypub import DisplayPublisher
             from IPython.core.interactiveshell import InteractiveShell
             from traitlets.config import Config
@@ -543,7 +550,7 @@ class _Step:
                 print(f"cellpipe: warning: metric {name!r} = {value!r} is not a number", file=sys.stderr)
         if "metrics" in args:
             _write(args["metrics"], json.dumps(values))
-        if "executor-output" in args:  # the KFP launcher merges this into the Metrics artifact
+        if "executor-output" in args and self.spec.get("metrics"):  # merged into the Metrics artifact
             metadata = {name: float(value) for name, value in values.items()}
             executor_output = {"artifacts": {"metrics": {"artifacts": [{"metadata": metadata}]}}}
             _write(args["executor-output"], json.dumps(executor_output))

@@ -1,0 +1,418 @@
+"""The step runtime, run the way pipelines run it: `python -c PROGRAM ARGS` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+
+from converter import runtime
+from converter.runtime import load_value, run_step, save_value
+
+RUNTIME = Path(runtime.__file__).read_text(encoding="utf-8")
+
+
+def cell(index: int, code: str, role: str = "step") -> dict[str, Any]:
+    return {"index": index, "role": role, "code": code}
+
+
+def make_spec(*cells: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"step": "train", "notebook": "nb.ipynb", "cells": list(cells), "inputs": []}
+    spec.update({"outputs": [], "parameters": {}, "metrics": [], "requirements": {}, "ipython": False})
+    spec.update(fields)
+    return spec
+
+
+def run(spec: dict[str, Any], *args: object, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    program = RUNTIME + f"\nraise SystemExit(run_step({spec!r}, sys.argv[1:]))\n"
+    argv = [sys.executable, "-c", program, *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def cell_outputs(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def as_notebook(result: dict[str, Any]) -> nbformat.NotebookNode:
+    """Wrap recorded outputs in a notebook, as the local engine writes them back."""
+    nb = nbformat.v4.new_notebook()
+    for done in result["cells"]:
+        code = nbformat.v4.new_code_cell("pass", execution_count=done["execution_count"])
+        code.outputs = [nbformat.from_dict(o) for o in done["outputs"]]
+        nb.cells.append(code)
+    return nb
+
+
+PRODUCER = """
+import numpy as np, pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+frame = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", None], "t": pd.date_range("2024-01-01", periods=3)})
+frame.index.name = "row"
+int_columns = pd.DataFrame({0: [1.5, 2.5], 1: ["p", "q"]})
+mixed_objects = pd.DataFrame({"m": pd.Series([1, "two", 3.0], dtype=object)})
+series = pd.Series([0.5, 1.5], index=["u", "v"], name="score")
+model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+plain = {"n": 1, "f": 0.25, "s": "é", "l": [True, None, [1, 2]], "d": {}}
+pairs = (1, 2)
+point = Point(3, 4)
+"""
+
+CONSUMER = """
+import numpy as np, pandas as pd
+pd.testing.assert_frame_equal(frame, pd.DataFrame(
+    {"a": [1, 2, 3], "b": ["x", "y", None], "t": pd.date_range("2024-01-01", periods=3)},
+    index=pd.Index([0, 1, 2], name="row")))
+assert arr.dtype == np.float32 and arr.tolist() == np.arange(12).reshape(3, 4).tolist()
+pd.testing.assert_frame_equal(int_columns, pd.DataFrame({0: [1.5, 2.5], 1: ["p", "q"]}))
+assert mixed_objects["m"].tolist() == [1, "two", 3.0] and mixed_objects["m"].dtype == object
+pd.testing.assert_series_equal(series, pd.Series([0.5, 1.5], index=["u", "v"], name="score"))
+assert model.predict([[0.0], [3.0]]).tolist() == [0, 1]
+assert plain == {"n": 1, "f": 0.25, "s": "é", "l": [True, None, [1, 2]], "d": {}}
+assert pairs == (1, 2) and type(pairs) is tuple
+assert (point.x, point.y, type(point).__name__) == (3, 4, "Point")
+print("all equal")
+"""
+
+EXPECTED_FORMATS = {
+    "arr": "npy",
+    "frame": "parquet",
+    "int_columns": "pkl",
+    "mixed_objects": "pkl",
+    "series": "parquet",
+    "model": "joblib",
+    "plain": "json",
+    "pairs": "pkl",
+    "point": "pkl",
+}
+
+
+def test_every_serializer_round_trips_between_two_steps(tmp_path: Path) -> None:
+    names = list(EXPECTED_FORMATS)
+    out_args = [a for n in names for a in ("--output", n, tmp_path / "art" / n)]
+    produced = run(make_spec(cell(1, PRODUCER), outputs=names), *out_args, cwd=tmp_path)
+    assert produced.returncode == 0, produced.stderr
+    formats = {n: json.loads((tmp_path / "art" / n / "meta.json").read_text())["format"] for n in names}
+    assert formats == EXPECTED_FORMATS
+
+    in_args = [a for n in names for a in ("--input", n, tmp_path / "art" / n)]
+    consumed = run(make_spec(cell(2, CONSUMER), inputs=names), *in_args, cwd=tmp_path)
+    assert consumed.returncode == 0, consumed.stderr
+    assert "all equal" in consumed.stdout
+
+
+def test_save_and_load_in_process(tmp_path: Path) -> None:
+    big = np.random.default_rng(0).random((500, 400))
+    assert save_value(big, tmp_path / "a") == "npy"
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["nbytes"] - big.nbytes < 1024  # raw bytes plus the .npy header: no pickle, no compression
+    loaded = load_value(tmp_path / "a")
+    assert isinstance(loaded, np.ndarray) and np.array_equal(loaded, big)
+
+    objects = np.array([{"a": 1}, None], dtype=object)
+    assert save_value(objects, tmp_path / "o") == "pkl"  # np.save would need pickle for these
+    assert load_value(tmp_path / "o")[0] == {"a": 1}  # type: ignore[index]
+
+    # Re-saving into the same directory must not leave the old format behind to be loaded.
+    assert save_value([1, "x"], tmp_path / "a") == "json"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["meta.json", "value.json"]
+    assert load_value(tmp_path / "a") == [1, "x"]
+
+    assert save_value({1: "int key"}, tmp_path / "k") == "pkl"  # JSON would turn the key into "1"
+    assert load_value(tmp_path / "k") == {1: "int key"}
+    # Parquet would not keep a tuple as the Series' name.
+    assert save_value(pd.Series([1, 2], name=("a", "b")), tmp_path / "s") == "pkl"
+    named = load_value(tmp_path / "s")
+    assert isinstance(named, pd.Series) and named.name == ("a", "b")
+    assert save_value(pd.Series([1, 2]), tmp_path / "u") == "parquet"
+    pd.testing.assert_series_equal(load_value(tmp_path / "u"), pd.Series([1, 2]))
+    with pytest.raises(FileNotFoundError):
+        load_value(tmp_path / "nothing")
+
+
+def test_parameters_arrive_typed(tmp_path: Path) -> None:
+    types = {"lr": "float", "epochs": "int", "debug": "bool", "name": "str", "layers": "list", "opts": "dict"}
+    check = (
+        "assert (lr, epochs, debug, name, layers, opts) == (0.5, 3, True, 'a b', [1, 2], {'k': None})\n"
+        "assert [type(v).__name__ for v in (lr, epochs, debug, name)] == ['float', 'int', 'bool', 'str']\n"
+    )
+    values = {
+        "lr": "0.5",
+        "epochs": "3",
+        "debug": "true",
+        "name": "a b",
+        "layers": "[1, 2]",
+        "opts": '{"k": null}',
+    }
+    args = [a for n, v in values.items() for a in ("--param", n, v)]
+    result = run(make_spec(cell(1, check), parameters=types), *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("True", True), ("False", False), ("1", True), ("0", False)])
+def test_bool_parameter_spellings(raw: str, expected: bool, tmp_path: Path) -> None:
+    spec = make_spec(cell(1, f"assert flag is {expected}\n"), parameters={"flag": "bool"})
+    assert run_step(spec, ["--param", "flag", raw]) == 0
+
+
+def test_bad_parameter_value_is_a_clear_error(tmp_path: Path) -> None:
+    result = run(
+        make_spec(cell(1, "pass\n"), parameters={"epochs": "int"}), "--param", "epochs", "many", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "step 'train'" in result.stderr and "'epochs'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_outputs_are_valid_nbformat_and_rendered_in_the_report(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "class Rich:\n"
+        "    def _repr_html_(self): return '<b>rich</b>'\n"
+        "    def __repr__(self): return 'Rich()'\n"
+        "class Picture:\n"
+        "    def _repr_png_(self): return b'\\x89PNG fake'\n"
+        "print('to stdout')\n"
+        "print('to <stderr>', file=sys.stderr)\n"
+        "display(Rich(), Picture())\n"
+        "'<script>alert(1)</script>'\n"
+    )
+    spec = make_spec(
+        cell(1, "import os\n", "imports"), cell(4, code), cell(5, "x = 41\nx + 1\n"), cell(6, "x;\n")
+    )
+    outputs, report = tmp_path / "out" / "cells.json", tmp_path / "out" / "report.html"
+    result = run(spec, "--cell-outputs", outputs, "--report", report, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "to stdout" in result.stdout and "to <stderr>" in result.stderr  # still tee'd to the real streams
+
+    recorded = cell_outputs(outputs)
+    assert recorded["status"] == "ok" and recorded["error_cell"] is None
+    nbformat.validate(as_notebook(recorded))
+    by_index = {c["index"]: c["outputs"] for c in recorded["cells"]}
+    stream, err, shown, picture, result_out = by_index[4]
+    assert (stream["name"], stream["text"]) == ("stdout", "to stdout\n")
+    assert (err["name"], err["text"]) == ("stderr", "to <stderr>\n")
+    assert shown["output_type"] == "display_data"
+    assert shown["data"]["text/html"] == "<b>rich</b>" and shown["data"]["text/plain"] == "Rich()"
+    assert picture["data"]["image/png"] == "iVBORyBmYWtl"  # base64, as nbformat stores images
+    assert result_out["output_type"] == "execute_result"
+    assert by_index[5] == [
+        {"output_type": "execute_result", "data": {"text/plain": "42"}, "metadata": {}, "execution_count": 3}
+    ]
+    assert by_index[6] == []  # a trailing semicolon hides the value, as in Jupyter
+
+    page = report.read_text()
+    assert "<b>rich</b>" in page and "data:image/png;base64," in page
+    assert "&lt;script&gt;" in page and "<script>" not in page  # sources and text outputs are escaped
+    assert "<details>" in page  # the imports cell is collapsed
+
+
+def test_failing_cell_records_the_error_and_still_writes_results(tmp_path: Path) -> None:
+    spec = make_spec(
+        cell(3, "a = 1\nprint('before')\n"),
+        cell(7, "b = 2\nb / (a - 1)\n"),
+        cell(9, "print('never')\n"),
+        outputs=["b"],
+    )
+    outputs, report = tmp_path / "cells.json", tmp_path / "report.html"
+    result = run(
+        spec, "--output", "b", tmp_path / "b", "--cell-outputs", outputs, "--report", report, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert 'File "<cell 7>", line 2' in result.stderr and "b / (a - 1)" in result.stderr
+    assert "step 'train'" in result.stderr and "cell 7" in result.stderr.splitlines()[-1]
+    assert "never" not in result.stdout
+    assert not (tmp_path / "b").exists()
+
+    recorded = cell_outputs(outputs)
+    assert recorded["status"] == "error" and recorded["error_cell"] == 7
+    assert [c["index"] for c in recorded["cells"]] == [3, 7]
+    error = recorded["cells"][1]["outputs"][-1]
+    assert (error["output_type"], error["ename"], error["evalue"]) == (
+        "error",
+        "ZeroDivisionError",
+        "division by zero",
+    )
+    assert not any("runtime" in line for line in error["traceback"])  # only the user's frames
+    nbformat.validate(as_notebook(recorded))
+    page = report.read_text()
+    assert "ZeroDivisionError" in page and "not run" in page
+
+
+def test_syntax_error_names_the_cell(tmp_path: Path) -> None:
+    result = run(make_spec(cell(2, "x = (\n")), "--cell-outputs", tmp_path / "c.json", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "<cell 2>" in result.stderr and "SyntaxError" in result.stderr
+    assert cell_outputs(tmp_path / "c.json")["error_cell"] == 2
+
+
+def test_system_exit_zero_stops_successfully_and_nonzero_fails(tmp_path: Path) -> None:
+    stop = make_spec(cell(1, "x = 1\n"), cell(2, "raise SystemExit(0)\n"), cell(3, "x = 2\n"))
+    result = run(stop, "--output", "x", tmp_path / "x", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert load_value(tmp_path / "x") == 1
+
+    failed = run(make_spec(cell(1, "import sys\nsys.exit(3)\n")), cwd=tmp_path)
+    assert failed.returncode == 1 and "SystemExit" in failed.stderr
+
+
+def test_missing_output_variable_names_step_and_variable(tmp_path: Path) -> None:
+    spec = make_spec(cell(1, "model = None if False else 1\n"), outputs=["modle"])
+    result = run(
+        spec, "--output", "modle", tmp_path / "m", "--cell-outputs", tmp_path / "c.json", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "step 'train'" in result.stderr and "'modle'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cell_outputs(tmp_path / "c.json")["status"] == "error"
+
+
+def test_missing_input_argument_is_a_clear_error(tmp_path: Path) -> None:
+    result = run(make_spec(cell(1, "print(df)\n"), inputs=["df"]), cwd=tmp_path)
+    assert result.returncode == 1 and "--input" in result.stderr and "df" in result.stderr
+
+
+def test_metrics_and_kfp_executor_output(tmp_path: Path) -> None:
+    code = "import numpy as np\naccuracy = np.float32(0.75)\nepochs = 3\nconverged = True\nlabel = 'x'\n"
+    spec = make_spec(cell(1, code), metrics=["accuracy", "epochs", "converged", "label", "absent"])
+    metrics, executor = tmp_path / "metrics.json", tmp_path / "kfp" / "outputs" / "output_metadata.json"
+    result = run(spec, "--metrics", metrics, "--executor-output", executor, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(metrics.read_text()) == {"accuracy": 0.75, "epochs": 3, "converged": True}
+    assert json.loads(executor.read_text()) == {
+        "artifacts": {
+            "metrics": {"artifacts": [{"metadata": {"accuracy": 0.75, "epochs": 3.0, "converged": 1.0}}]}
+        }
+    }
+    assert "'label'" in result.stderr and "'absent'" in result.stderr  # warned, not fatal
+
+
+def test_ipython_magics_and_shell_escapes(tmp_path: Path) -> None:
+    transform = TransformerManager().transform_cell
+    cells = [
+        cell(1, transform("%time x = 1\n")),
+        cell(2, "x\n"),
+        cell(3, transform("!echo hi\n")),
+        cell(4, transform("%%capture cap\nprint('captured')\n")),
+        cell(5, "from IPython.display import display, HTML\ndisplay(HTML('<i>h</i>'))\ncap.stdout\n"),
+    ]
+    outputs = tmp_path / "c.json"
+    result = run(make_spec(*cells, ipython=True), "--cell-outputs", outputs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    recorded = cell_outputs(outputs)
+    nbformat.validate(as_notebook(recorded))
+    by_index = {c["index"]: c["outputs"] for c in recorded["cells"]}
+    assert "Wall time" in by_index[1][0]["text"]
+    assert by_index[2][0]["data"]["text/plain"] == "1"
+    assert by_index[3][0]["name"] == "stdout" and "hi" in by_index[3][0]["text"]
+    assert by_index[4] == []  # %%capture swallowed it
+    shown, value = by_index[5]
+    assert shown["data"]["text/html"] == "<i>h</i>"
+    assert value["data"]["text/plain"] == "'captured\\n'"
+
+
+def test_ipython_display_is_recorded_without_magics(tmp_path: Path) -> None:
+    code = "from IPython.display import HTML, display\ndisplay(HTML('<i>h</i>'))\n"
+    outputs = tmp_path / "c.json"
+    result = run(make_spec(cell(1, code)), "--cell-outputs", outputs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (shown,) = cell_outputs(outputs)["cells"][0]["outputs"]
+    assert shown["output_type"] == "display_data" and shown["data"]["text/html"] == "<i>h</i>"
+
+
+def test_matplotlib_figures_become_png_outputs(tmp_path: Path) -> None:
+    # A stand-in pyplot with the four calls the runtime makes, so the test needs no matplotlib.
+    package = tmp_path / "lib" / "matplotlib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "pyplot.py").write_text(
+        "figures = {}\n"
+        "class Figure:\n"
+        "    def savefig(self, buffer, format, bbox_inches): buffer.write(b'PNGDATA')\n"
+        "def figure(num=None):\n"
+        "    return figures.setdefault(num or len(figures) + 1, Figure())\n"
+        "def get_fignums(): return sorted(figures)\n"
+        "def close(which): figures.clear()\n"
+    )
+    spec = make_spec(
+        cell(1, "import matplotlib.pyplot as plt\nplt.figure()\n"), cell(2, "n = len(plt.figures)\n")
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib")}
+    outputs = tmp_path / "c.json"
+    result = run(spec, "--cell-outputs", outputs, "--output", "n", tmp_path / "n", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    first = cell_outputs(outputs)["cells"][0]["outputs"]
+    assert [o["output_type"] for o in first] == ["execute_result", "display_data"]
+    assert first[1]["data"]["image/png"] == "UE5HREFUQQ=="  # base64 of PNGDATA
+    assert load_value(tmp_path / "n") == 0  # closed after the cell, as the inline backend does
+
+
+def fake_pip(tmp_path: Path, exit_code: int) -> dict[str, str]:
+    """A `pip` package shadowing the real one: logs its arguments and 'installs' fakemod."""
+    lib = tmp_path / "lib"
+    (lib / "pip").mkdir(parents=True)
+    (lib / "pip" / "__init__.py").write_text("")
+    (lib / "pip" / "__main__.py").write_text(
+        "import sys, pathlib\n"
+        "here = pathlib.Path(__file__).parent.parent\n"
+        "(here / 'pip-args.txt').write_text(' '.join(sys.argv[1:]))\n"
+        f"(here / 'fakemod.py').write_text('VALUE = 7') if {exit_code} == 0 else None\n"
+        f"raise SystemExit({exit_code})\n"
+    )
+    return {**os.environ, "PYTHONPATH": str(lib)}
+
+
+def test_requirements_install_only_what_is_missing(tmp_path: Path) -> None:
+    env = fake_pip(tmp_path, 0)
+    spec = make_spec(
+        cell(1, "import fakemod\nv = fakemod.VALUE\n"),
+        requirements={"json": "json-dist", "fakemod": "fake==1.0"},
+    )
+    result = run(spec, "--output", "v", tmp_path / "v", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "lib" / "pip-args.txt").read_text().split()
+    assert args[0] == "install" and args[-1] == "fake==1.0" and "json-dist" not in args
+    assert load_value(tmp_path / "v") == 7
+
+
+def test_requirements_present_spawn_no_pip(tmp_path: Path) -> None:
+    env = fake_pip(tmp_path, 3)
+    result = run(
+        make_spec(cell(1, "import json\n"), requirements={"json": "json-dist"}), cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "lib" / "pip-args.txt").exists()
+
+
+def test_pip_failure_and_no_install_are_clear_errors(tmp_path: Path) -> None:
+    env = fake_pip(tmp_path, 3)
+    spec = make_spec(cell(1, "import fakemod\n"), requirements={"fakemod": "fake"})
+    failed = run(spec, cwd=tmp_path, env=env)
+    assert failed.returncode == 1
+    assert "step 'train'" in failed.stderr and "pip install fake failed" in failed.stderr
+
+    refused = run(spec, "--no-install", cwd=tmp_path, env=env)
+    assert refused.returncode == 1
+    assert "fakemod (pip: fake)" in refused.stderr and "--no-install" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_trivial_step_imports_nothing_heavy(tmp_path: Path) -> None:
+    code = "import sys\nheavy = sorted({'numpy', 'pandas', 'IPython'} & set(sys.modules))\n"
+    result = run(make_spec(cell(1, code)), "--output", "heavy", tmp_path / "h", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert load_value(tmp_path / "h") == []
