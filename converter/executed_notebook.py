@@ -1,0 +1,192 @@
+"""`cellpipe run -o OUT.ipynb`: the notebook written back as papermill would have written it.
+
+Users and tools (scrapbook, nbconvert reports, CI artifact viewers) read papermill's output format,
+so a pipeline run produces the same shape: every cell's outputs as its step produced them, the
+`injected-parameters` cell right after the `parameters` cell, `metadata.papermill` on the notebook
+and on each cell, and the failing cell flagged with papermill's two error-marker cells.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
+from papermill.translators import translate_parameters
+
+from converter.model import Pipeline
+
+INJECTED_TAG = "injected-parameters"
+CELL_OUTPUTS_FILE = "cell_outputs.json"
+
+
+def read_step_outputs(run_dir: Path, pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """Each step's `cell_outputs.json` in a run folder; steps that never wrote one are left out."""
+    found: dict[str, dict[str, Any]] = {}
+    for step in pipeline.steps:
+        path = run_dir / step.name / CELL_OUTPUTS_FILE
+        try:
+            found[step.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # never started, killed before writing, or cached elsewhere: its cells show as not run
+    return found
+
+
+def build(
+    source: nbformat.NotebookNode,
+    pipeline: Pipeline,
+    step_outputs: Mapping[str, Mapping[str, Any]],
+    *,
+    parameters: Mapping[str, Any],
+    input_path: str,
+    output_path: str,
+    start_time: float,
+    end_time: float,
+) -> nbformat.NotebookNode:
+    """The executed copy of `source` (as `reader.load` returns it; cell indexes match the pipeline's).
+
+    `parameters` are the values the user passed (papermill injects only those); `step_outputs` maps
+    step name to its parsed `cell_outputs.json`.
+    """
+    nb = copy.deepcopy(source)
+    ran = _cells_that_ran(pipeline, step_outputs)
+    param_cell = min((p.cell for p in pipeline.parameters), default=None)
+    cells: list[nbformat.NotebookNode] = []
+    for index, cell in enumerate(nb.cells):
+        tags = cell.metadata.get("tags", [])
+        if ERROR_MARKER_TAG in tags or INJECTED_TAG in tags:
+            continue  # left by an earlier papermill run: replaced below, as papermill does
+        cell.metadata.pop("papermill", None)  # an earlier run's timings would lie about this one
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            record = ran.get(index)
+            if record is not None:
+                cell.outputs = [nbformat.from_dict(o) for o in record["outputs"]]
+                cell.metadata.papermill = _cell_meta("failed" if record["failed"] else "completed",
+                                                     record["seconds"])
+            elif param_cell == index:
+                cell.metadata.papermill = _cell_meta("completed", 0.0)  # its values travel as parameters
+        cells.append(cell)
+        if index == param_cell and parameters:
+            cells.append(_injected_cell(nb, parameters))
+    if param_cell is None and parameters:
+        cells.insert(0, _injected_cell(nb, parameters))  # papermill injects at the top then
+
+    _number_and_settle(cells)
+    nb.cells = cells
+    failed = next((c for c in cells if c.metadata.get("papermill", {}).get("status") == "failed"), None)
+    if failed is not None:
+        anchor = nbformat.v4.new_markdown_cell(ERROR_ANCHOR_MSG)
+        anchor.metadata["tags"] = [ERROR_MARKER_TAG]
+        banner = nbformat.v4.new_markdown_cell(ERROR_MESSAGE_TEMPLATE % str(failed.execution_count))
+        banner.metadata["tags"] = [ERROR_MARKER_TAG]
+        cells.insert(cells.index(failed), anchor)
+        cells.insert(0, banner)
+    nb.metadata.papermill = {
+        "default_parameters": {p.name: p.default for p in pipeline.parameters},
+        "duration": round(end_time - start_time, 6),
+        "end_time": _iso(end_time),
+        "environment_variables": {},
+        "exception": True if failed is not None else None,
+        "input_path": input_path,
+        "output_path": output_path,
+        "parameters": dict(parameters),
+        "start_time": _iso(start_time),
+        "version": papermill.__version__,
+    }
+    return nb
+
+
+def write(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Validate, then replace `path` atomically so a reader never sees half a notebook."""
+    nbformat.validate(nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            nbformat.write(nb, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cells_that_ran(
+    pipeline: Pipeline, step_outputs: Mapping[str, Mapping[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """Cell index -> its outputs, whether it failed and how long it took.
+
+    Imports and functions cells run in every step: the copy shown is the first step's, unless the
+    cell failed in some step, since that failure is what the reader of the notebook needs to see.
+    """
+    ran: dict[int, dict[str, Any]] = {}
+    for step in pipeline.steps:
+        result = step_outputs.get(step.name)
+        if result is None:
+            continue
+        error_cell = result.get("error_cell") if result.get("status") == "error" else None
+        for cell in result.get("cells", []):
+            index = cell["index"]
+            failed = index == error_cell or any(o.get("output_type") == "error" for o in cell["outputs"])
+            if index in ran and (ran[index]["failed"] or not failed):
+                continue
+            ran[index] = {"outputs": cell["outputs"], "failed": failed, "seconds": cell.get("seconds")}
+    return ran
+
+
+def _injected_cell(nb: nbformat.NotebookNode, parameters: Mapping[str, Any]) -> nbformat.NotebookNode:
+    """Exactly papermill's cell: its translator's source and the `injected-parameters` tag."""
+    kernelspec = nb.metadata.get("kernelspec", {})
+    kernel = kernelspec.get("name") or "python3"
+    language = kernelspec.get("language") or nb.metadata.get("language_info", {}).get("name") or "python"
+    source = translate_parameters(kernel, language, dict(parameters), "Parameters")
+    cell = nbformat.v4.new_code_cell(source=source)
+    cell.metadata["tags"] = [INJECTED_TAG]
+    cell.metadata.papermill = _cell_meta("completed", 0.0)
+    return cell
+
+
+def _number_and_settle(cells: list[nbformat.NotebookNode]) -> None:
+    """Number the cells that ran top to bottom, as one kernel would have; settle the others.
+
+    Steps count their own cells from 1; the notebook reads as one run, so counts follow notebook
+    order and each execute_result carries its cell's count. Cells that never ran (markdown, left-out
+    cells) are "completed" up to the first failure and "pending" after it, as papermill leaves them.
+    """
+    count = 0
+    failed_seen = False
+    for cell in cells:
+        meta = cell.metadata.get("papermill")
+        if meta is not None and cell.cell_type == "code":
+            count += 1
+            cell.execution_count = count
+            for output in cell.outputs:
+                if output.get("output_type") == "execute_result":
+                    output["execution_count"] = count
+            failed_seen = failed_seen or meta["status"] == "failed"
+        else:  # a code cell here was never run by any step (left out, or its step never ran)
+            pending = failed_seen or cell.cell_type == "code"
+            cell.metadata.papermill = _cell_meta("pending" if pending else "completed", None)
+
+
+def _cell_meta(status: str, seconds: float | None) -> dict[str, Any]:
+    return {
+        "duration": seconds,
+        "end_time": None,
+        "exception": status == "failed" if status != "pending" else None,
+        "start_time": None,
+        "status": status,
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

@@ -1,0 +1,104 @@
+"""`cellpipe run --junit FILE`: a run as a JUnit XML report, the format every CI dashboard reads.
+
+One test case per step: CI shows which step broke, its log tail and how long each step took,
+without anyone opening the run store. Built from the event stream, so any engine gets it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from converter.events import Event, step_states
+
+LOG_TAIL_LINES = 50
+# Characters XML 1.0 cannot hold (terminal colour codes are common in logs) and the escapes themselves.
+_NOT_XML = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def report(
+    pipeline_name: str,
+    steps: Sequence[str],
+    events: Sequence[Event],
+    log_tail: Callable[[str], list[str]] | None = None,
+) -> ET.Element:
+    """The `<testsuites>` element of a run; `log_tail(step)` gives a failed step's last log lines.
+
+    Without `log_tail`, the step's log lines are taken from the events.
+    """
+    states = step_states(list(events), list(steps))
+    durations: dict[str, float] = {}
+    attempts: dict[str, int] = {}
+    messages: dict[str, str] = {}
+    logs: dict[str, deque[str]] = {name: deque(maxlen=LOG_TAIL_LINES) for name in steps}
+    run_time = 0.0
+    for event in events:
+        if event.step is not None:
+            if event.duration is not None:
+                durations[event.step] = event.duration
+            if event.attempt is not None:
+                attempts[event.step] = event.attempt
+            if event.message:
+                messages[event.step] = event.message
+            if event.type == "step_log" and event.line is not None:
+                logs.setdefault(event.step, deque(maxlen=LOG_TAIL_LINES)).append(event.line)
+        elif event.type == "run_finished" and event.duration is not None:
+            run_time = event.duration
+
+    counts = {"tests": len(steps), "failures": 0, "skipped": 0}
+    suite = ET.Element("testsuite", name=pipeline_name)
+    for name in steps:
+        state = states[name]
+        case = ET.SubElement(
+            suite, "testcase", classname=pipeline_name, name=name, time=f"{durations.get(name, 0.0):.3f}"
+        )
+        props = ET.SubElement(case, "properties")
+        ET.SubElement(props, "property", name="state", value=state)
+        if name in attempts:
+            ET.SubElement(props, "property", name="attempts", value=str(attempts[name]))
+        if state == "cached":
+            ET.SubElement(props, "property", name="cached", value="true")
+        if state == "failed":
+            counts["failures"] += 1
+            tail = log_tail(name) if log_tail is not None else list(logs.get(name, ()))
+            message = _xml_text(messages.get(name, "step failed"))
+            failure = ET.SubElement(case, "failure", message=message, type="StepFailed")
+            failure.text = _xml_text("\n".join(tail[-LOG_TAIL_LINES:]))
+        elif state not in ("succeeded", "cached"):
+            counts["skipped"] += 1
+            why = messages.get(name) or f"step {state}"
+            ET.SubElement(case, "skipped", message=_xml_text(why))
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("errors", "0")
+    suite.set("time", f"{run_time:.3f}")
+    root = ET.Element("testsuites", name=pipeline_name, time=f"{run_time:.3f}")
+    for key, value in counts.items():
+        root.set(key, str(value))
+    root.set("errors", "0")
+    root.append(suite)
+    return root
+
+
+def write(root: ET.Element, path: Path) -> None:
+    """Replace `path` atomically: a CI step reading it never sees a half-written report."""
+    ET.indent(root)
+    data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data + b"\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("", text)

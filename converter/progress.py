@@ -1,0 +1,241 @@
+"""What `cellpipe run` shows while a run goes: one event sink, four audiences.
+
+A person at a terminal gets a live table (rich); a CI log gets one plain line per event, since
+cursor tricks turn into garbage there; `--quiet` gets only the final summary line and errors;
+`--json-events` gets one JSON object per event on stdout for scripts, and nothing else there.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from converter.events import FINAL_STEP_STATES, STEP_STATE_AFTER, Event
+
+Mode = Literal["live", "plain", "quiet", "json"]
+ERROR_TAIL_LINES = 20
+_STYLES = {
+    "succeeded": "green",
+    "cached": "cyan",
+    "failed": "bold red",
+    "running": "yellow",
+    "queued": "dim",
+    "pending": "dim",
+    "skipped": "magenta",
+    "cancelled": "magenta",
+}
+
+
+@dataclass
+class _StepView:
+    state: str = "pending"
+    attempt: int | None = None
+    started: float | None = None
+    duration: float | None = None
+    message: str | None = None
+    last_line: str = ""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL_LINES))
+
+    def seconds(self, now: float) -> float | None:
+        if self.duration is not None:
+            return self.duration
+        return now - self.started if self.started is not None and self.state == "running" else None
+
+
+def choose_mode(quiet: bool, json_events: bool, stdout: IO[str]) -> Mode:
+    """JSON wins over quiet (a script asked for a format); a live table only on a terminal."""
+    if json_events:
+        return "json"
+    if quiet:
+        return "quiet"
+    return "live" if stdout.isatty() else "plain"
+
+
+class Progress:
+    """An EventSink (call it with each event); `close()` ends the live view and prints the summary.
+
+    Engines emit from several threads, so every update takes a lock.
+    """
+
+    def __init__(self, mode: Mode, steps: Sequence[str] = (), *, stdout: IO[str], stderr: IO[str]) -> None:
+        self.mode = mode
+        self.stdout, self.stderr = stdout, stderr
+        self.steps: dict[str, _StepView] = {name: _StepView() for name in steps}
+        self.run_id = ""
+        self.pipeline = ""
+        self.state: str | None = None
+        self.finish_message: str | None = None
+        self.run_duration: float | None = None
+        self.metrics: dict[str, float] = {}
+        self._start = time.time()
+        self._lock = threading.Lock()
+        self._console = Console(file=stdout, highlight=False, soft_wrap=False)
+        self._errors = Console(file=stderr, highlight=False, soft_wrap=True)
+        self._live: Live | None = None
+        if mode == "live":
+            self._live = Live(self, console=self._console, refresh_per_second=4, transient=True)
+            self._live.start()
+
+    # -- the sink -------------------------------------------------------------------
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._fold(event)
+            if self.mode == "json":
+                self.stdout.write(json.dumps(event.to_json(), sort_keys=True) + "\n")
+                self.stdout.flush()
+            elif self.mode == "plain":
+                line = self._plain_line(event)
+                if line is not None:
+                    self.stdout.write(line + "\n")
+                    self.stdout.flush()
+
+    def close(self) -> None:
+        """Stop the live view; print the final table (humans) and the summary (all but JSON)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()  # outside the lock: its refresh thread takes the lock to render
+        with self._lock:
+            if self.mode == "json":
+                return
+            if self.mode in ("live", "plain"):
+                self._console.print(self._table(final=True))
+            self._print_failures()
+            summary = self.summary()
+            if self.mode == "quiet" and self.state != "succeeded":
+                self._errors.print(summary)
+            else:
+                self._console.print(summary)
+
+    def __rich__(self) -> Table:
+        """Rendered by rich on every refresh, so running steps' durations tick."""
+        with self._lock:
+            return self._table(final=False)
+
+    # -- folding events into a view -------------------------------------------------------
+    def _fold(self, event: Event) -> None:
+        if event.type == "run_started":
+            self.run_id = event.run_id
+            self._start = event.time
+            data = event.data or {}
+            self.pipeline = str(data.get("pipeline", ""))
+            for name in data.get("steps", []):
+                self.steps.setdefault(str(name), _StepView())
+            return
+        if event.type == "metrics" and event.metrics:
+            self.metrics.update(event.metrics)
+            return
+        if event.type == "run_finished":
+            self.state = event.state
+            self.finish_message = event.message
+            self.run_duration = event.duration
+            if event.state == "cancelled":
+                for view in self.steps.values():
+                    if view.state not in FINAL_STEP_STATES:
+                        view.state = "cancelled"
+            return
+        if event.step is None:
+            return
+        view = self.steps.setdefault(event.step, _StepView())
+        if event.type == "step_log":
+            if event.line is not None:
+                view.last_line = event.line
+                view.tail.append(event.line)
+            return
+        view.state = STEP_STATE_AFTER.get(event.type, view.state)
+        if event.attempt is not None:
+            view.attempt = event.attempt
+        if event.type == "step_started":
+            view.started, view.duration = event.time, None
+        if event.duration is not None:
+            view.duration = event.duration
+        if event.message:
+            view.message = event.message
+
+    # -- rendering ---------------------------------------------------------------------
+    def _plain_line(self, event: Event) -> str | None:
+        """One line a CI log reader can grep; None for events that say nothing new."""
+        at = f"[{max(event.time - self._start, 0.0):7.1f}s]"
+        step = event.step or ""
+        if event.type == "run_started":
+            return f"{at} run {event.run_id} started: {self.pipeline} ({len(self.steps)} steps)"
+        if event.type == "step_log":
+            return f"{at} {step} | {event.line}" if event.line is not None else None
+        if event.type == "metrics":
+            values = " ".join(f"{k}={_number(v)}" for k, v in sorted((event.metrics or {}).items()))
+            return f"{at} metrics{' from ' + step if step else ''}: {values}"
+        if event.type == "run_finished":
+            return None  # the summary line says it
+        words = {
+            "step_queued": "queued",
+            "step_started": f"started (attempt {event.attempt})" if (event.attempt or 1) > 1 else "started",
+            "step_retrying": f"failed attempt {event.attempt}, retrying",
+            "step_succeeded": "succeeded",
+            "step_failed": "FAILED",
+            "step_cached": "cached",
+            "step_skipped": "skipped",
+        }
+        text = f"{at} {step} {words.get(event.type, event.type)}"
+        if event.duration is not None:
+            text += f" in {event.duration:.1f}s"
+        if event.message and event.type in ("step_failed", "step_retrying", "step_skipped"):
+            text += f": {event.message}"
+        return text
+
+    def _table(self, final: bool) -> Table:
+        now = time.time()
+        title = f"{self.pipeline} · run {self.run_id}" if self.run_id else self.pipeline
+        table = Table(title=title or None, title_justify="left", expand=False)
+        table.add_column("step")
+        table.add_column("state")
+        table.add_column("attempt", justify="right")
+        table.add_column("time", justify="right")
+        table.add_column("message" if final else "last log line", overflow="ellipsis", no_wrap=True,
+                         max_width=80)
+        for name, view in self.steps.items():
+            seconds = view.seconds(now)
+            table.add_row(
+                name,
+                Text(view.state, style=_STYLES.get(view.state, "")),
+                str(view.attempt) if view.attempt is not None else "",
+                f"{seconds:.1f}s" if seconds is not None else "",
+                Text((view.message or "") if final else view.last_line),
+            )
+        return table
+
+    def _print_failures(self) -> None:
+        """Each failed step's message and log tail on stderr: the first thing a user needs."""
+        for name, view in self.steps.items():
+            if view.state != "failed":
+                continue
+            self._errors.print(Text(f"step {name} failed: {view.message or 'no message'}", style="bold red"))
+            if self.mode == "quiet":  # the other modes already showed the log lines
+                for line in view.tail:
+                    self._errors.print(Text(f"  {name} | {line}"))
+
+    def summary(self) -> str:
+        """One line: the run's outcome, step counts, time and metrics."""
+        counts: dict[str, int] = {}
+        for view in self.steps.values():
+            counts[view.state] = counts.get(view.state, 0) + 1
+        parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        took = self.run_duration if self.run_duration is not None else time.time() - self._start
+        text = f"run {self.run_id} {self.state or 'ended'}: {len(self.steps)} steps ({parts}) in {took:.1f}s"
+        if self.metrics:
+            text += "; " + " ".join(f"{k}={_number(v)}" for k, v in sorted(self.metrics.items()))
+        if self.finish_message and self.state != "succeeded":
+            text += f" ({self.finish_message})"
+        return text
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
