@@ -350,6 +350,7 @@ class _Step:
         self.ns: dict[str, Any] = {}
         self.done: list[dict[str, Any]] = []  # cells run so far: index, role, count, outputs, seconds
         self.outputs: list[dict[str, Any]] = []  # the running cell's outputs
+        self.real_err: Any = sys.stderr  # the process's stderr while cells run with a tee
         self.error_cell: int | None = None
         self.failure: str | None = None
 
@@ -413,14 +414,25 @@ class _Step:
 
             config = Config()
             config.HistoryManager.enabled = False  # no sqlite file or saver thread in a pod
+            config.InteractiveShell.colors = "NoColor"
             self.shell = InteractiveShell.instance(config=config)
             self.shell.display_pub = Recorder(shell=self.shell)
+            self.shell._showtraceback = self._shell_traceback
             module = self.shell.user_module
         else:
             module = types.ModuleType("__main__")
             module.__dict__["display"] = self._display
         sys.modules["__main__"] = module
         return module.__dict__
+
+    def _shell_traceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
+        """An error IPython handled itself (in `%time`, `%%capture`...): an error output, as in Jupyter.
+
+        Like a notebook kernel, the cell does not fail for it.
+        """
+        error = {"output_type": "error", "ename": etype.__name__, "evalue": str(evalue), "traceback": stb}
+        self.outputs.append(error)
+        self.real_err.write("\n".join(stb) + "\n")
 
     def _display(self, *objs: Any, raw: bool = False, metadata: Any = None, **_: Any) -> None:
         """IPython's `display` for kernels without IPython: records rich display_data outputs."""
@@ -455,8 +467,8 @@ class _Step:
 
     def _run_cells(self) -> bool:
         """Run every cell like a kernel would; False when one failed."""
-        real_out, real_err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(real_out, "stdout", self), _Tee(real_err, "stderr", self)
+        real_out, self.real_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(real_out, "stdout", self), _Tee(self.real_err, "stderr", self)
         try:
             for count, cell in enumerate(self.spec.get("cells", []), 1):
                 self.outputs = []
@@ -468,11 +480,11 @@ class _Step:
                 if isinstance(error, SystemExit) and error.code in (None, 0):
                     return True
                 if error is not None:
-                    self._record_error(cell["index"], error, real_err)
+                    self._record_error(cell["index"], error)
                     return False
             return True
         finally:
-            sys.stdout, sys.stderr = real_out, real_err
+            sys.stdout, sys.stderr = real_out, self.real_err
 
     def _run_cell(self, index: int, code: str, count: int) -> BaseException | None:
         filename = f"<cell {index}>"
@@ -494,7 +506,7 @@ class _Step:
             return error
         return None
 
-    def _record_error(self, index: int, error: BaseException, real_err: Any) -> None:
+    def _record_error(self, index: int, error: BaseException) -> None:
         import traceback
 
         tb = error.__traceback__
@@ -503,8 +515,8 @@ class _Step:
         lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
         ename, evalue = type(error).__name__, str(error)
         self.outputs.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines})
-        real_err.write("\n".join(lines) + "\n")
-        real_err.flush()
+        self.real_err.write("\n".join(lines) + "\n")
+        self.real_err.flush()
         self.error_cell = index
         self.failure = f"cell {index} raised {ename}: {evalue}"
 

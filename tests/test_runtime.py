@@ -309,6 +309,7 @@ def test_ipython_magics_and_shell_escapes(tmp_path: Path) -> None:
         cell(3, transform("!echo hi\n")),
         cell(4, transform("%%capture cap\nprint('captured')\n")),
         cell(5, "from IPython.display import display, HTML\ndisplay(HTML('<i>h</i>'))\ncap.stdout\n"),
+        cell(6, transform("%time z = 1 / 0\n")),  # IPython shows the error itself; the cell goes on
     ]
     outputs = tmp_path / "c.json"
     result = run(make_spec(*cells, ipython=True), "--cell-outputs", outputs, cwd=tmp_path)
@@ -323,6 +324,10 @@ def test_ipython_magics_and_shell_escapes(tmp_path: Path) -> None:
     shown, value = by_index[5]
     assert shown["data"]["text/html"] == "<i>h</i>"
     assert value["data"]["text/plain"] == "'captured\\n'"
+    (error,) = by_index[6]
+    assert (error["output_type"], error["ename"]) == ("error", "ZeroDivisionError")
+    assert "\x1b[" not in "".join(error["traceback"])  # no terminal colours in the notebook
+    assert recorded["status"] == "ok"
 
 
 def test_ipython_display_is_recorded_without_magics(tmp_path: Path) -> None:
