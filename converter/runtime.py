@@ -570,7 +570,7 @@ class _Step:
     def _write_results(self, args: dict[str, Any]) -> None:
         try:
             if "cell-outputs" in args:
-                keys = ("index", "role", "execution_count", "outputs")
+                keys = ("index", "role", "execution_count", "outputs", "seconds")
                 cells = [{k: c.get(k) for k in keys} for c in self.done]
                 status = "error" if self.failure else "ok"
                 result = {"cells": cells, "status": status, "error_cell": self.error_cell}

@@ -241,6 +241,7 @@ def test_failing_cell_records_the_error_and_still_writes_results(tmp_path: Path)
     recorded = cell_outputs(outputs)
     assert recorded["status"] == "error" and recorded["error_cell"] == 7
     assert [c["index"] for c in recorded["cells"]] == [3, 7]
+    assert all(c["seconds"] >= 0 and c["role"] == "step" for c in recorded["cells"])
     error = recorded["cells"][1]["outputs"][-1]
     assert (error["output_type"], error["ename"], error["evalue"]) == (
         "error",
