@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json", "dot", "svg", "png"], default="text")
     p.add_argument("-o", "--output", help="write to FILE instead of standard output")
 
+    from converter import cli_run  # noqa: F401  (registers run and runs)
+
     for register in _EXTRA_PARSERS:
         register(sub)
     return parser
@@ -166,4 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Commands register into `converter.cli`, not into this `__main__` copy of the module.
+    from converter.cli import main as _main
+
+    raise SystemExit(_main())

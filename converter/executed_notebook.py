@@ -28,15 +28,14 @@ INJECTED_TAG = "injected-parameters"
 CELL_OUTPUTS_FILE = "cell_outputs.json"
 
 
-def read_step_outputs(run_dir: Path, pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """Each step's `cell_outputs.json` in a run folder; steps that never wrote one are left out."""
+def read_step_outputs(folders: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    """Each step's `cell_outputs.json`, given its folder; steps without a readable one are left out."""
     found: dict[str, dict[str, Any]] = {}
-    for step in pipeline.steps:
-        path = run_dir / step.name / CELL_OUTPUTS_FILE
+    for step, folder in folders.items():
         try:
-            found[step.name] = json.loads(path.read_text(encoding="utf-8"))
+            found[step] = json.loads((folder / CELL_OUTPUTS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            continue  # never started, killed before writing, or cached elsewhere: its cells show as not run
+            continue  # never started, or killed before writing: its cells show as not run
     return found
 
 
@@ -56,7 +55,7 @@ def build(
     `parameters` are the values the user passed (papermill injects only those); `step_outputs` maps
     step name to its parsed `cell_outputs.json`.
     """
-    nb = copy.deepcopy(source)
+    nb = nbformat.v4.upgrade(copy.deepcopy(source))  # to 4.5 (cell ids), as papermill does before inserting
     ran = _cells_that_ran(pipeline, step_outputs)
     param_cell = min((p.cell for p in pipeline.parameters), default=None)
     cells: list[nbformat.NotebookNode] = []
@@ -71,8 +70,9 @@ def build(
             record = ran.get(index)
             if record is not None:
                 cell.outputs = [nbformat.from_dict(o) for o in record["outputs"]]
-                cell.metadata.papermill = _cell_meta("failed" if record["failed"] else "completed",
-                                                     record["seconds"])
+                cell.metadata.papermill = _cell_meta(
+                    "failed" if record["failed"] else "completed", record["seconds"]
+                )
             elif param_cell == index:
                 cell.metadata.papermill = _cell_meta("completed", 0.0)  # its values travel as parameters
         cells.append(cell)

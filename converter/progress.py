@@ -114,7 +114,7 @@ class Progress:
             if self.mode == "quiet" and self.state != "succeeded":
                 self._errors.print(summary)
             else:
-                self._console.print(summary)
+                self._console.print(summary, soft_wrap=True)
 
     def __rich__(self) -> Table:
         """Rendered by rich on every refresh, so running steps' durations tick."""
@@ -199,8 +199,9 @@ class Progress:
         table.add_column("state")
         table.add_column("attempt", justify="right")
         table.add_column("time", justify="right")
-        table.add_column("message" if final else "last log line", overflow="ellipsis", no_wrap=True,
-                         max_width=80)
+        table.add_column(
+            "message" if final else "last log line", overflow="ellipsis", no_wrap=True, max_width=80
+        )
         for name, view in self.steps.items():
             seconds = view.seconds(now)
             table.add_row(
