@@ -8,7 +8,9 @@ step starts rather than a wrong value deep inside a run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import math
 import signal
 import sys
@@ -18,9 +20,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from converter.cli import _EXTRA_PARSERS, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, command
 from converter.engines.base import Engine, RunRequest, RunResult
@@ -28,6 +34,16 @@ from converter.errors import CellpipeError
 from converter.events import Event
 from converter.model import Parameter, Pipeline
 
+if TYPE_CHECKING:
+    from converter.runstore import RunRecord, RunStore
+
+_STYLES = {
+    "succeeded": "green",
+    "cached": "cyan",
+    "failed": "red",
+    "running": "yellow",
+    "cancelled": "magenta",
+}
 _EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 _TRUE, _FALSE = frozenset({"true", "yes", "on", "1"}), frozenset({"false", "no", "off", "0"})
 
@@ -267,12 +283,12 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     finished = time.time()
 
-    run_dir = _run_dir(result.run_id)
+    folders = step_folders(result.run_id, pipeline) if args.junit or args.output else {}
     if args.junit:
         from converter import junit
 
         steps = [s.name for s in pipeline.steps]
-        junit.write(junit.report(pipeline.name, steps, events, _log_tail_reader(run_dir)), Path(args.junit))
+        junit.write(junit.report(pipeline.name, steps, events, _log_tail_reader(folders)), Path(args.junit))
     if args.output:
         from converter import executed_notebook
 
@@ -280,32 +296,212 @@ def _run(args: argparse.Namespace) -> int:
         nb = executed_notebook.build(
             load(notebook),
             pipeline,
-            executed_notebook.read_step_outputs(run_dir, pipeline),
+            executed_notebook.read_step_outputs(folders),
             parameters=parameters,
             input_path=str(notebook),
             output_path=str(args.output),
             start_time=first,
             end_time=finished,
+            failures=failure_messages(events),
         )
         executed_notebook.write(nb, Path(args.output))
     return _EXIT_FOR_STATE.get(result.state, EXIT_FAILED)
 
 
-def _run_dir(run_id: str) -> Path:
+def failure_messages(events: Sequence[Event]) -> dict[str, str]:
+    """Why each failed step failed, from its last `step_failed` event."""
+    return {e.step: e.message or "step failed" for e in events if e.type == "step_failed" and e.step}
+
+
+def step_folders(run_id: str, pipeline: Pipeline) -> dict[str, Path]:
+    """Each step's result folder; a cached step's is the folder of the run that computed it."""
     from converter.workspace import Workspace
 
-    return Workspace().run_dir(run_id)
+    workspace = Workspace.default()
+    folders = {step.name: workspace.step_folder(run_id, step.name) for step in pipeline.steps}
+    with _store() as store:
+        for step in store.get_run(run_id).steps:
+            if step.folder:
+                folders[step.name] = Path(step.folder)
+    return folders
 
 
-def _log_tail_reader(run_dir: Path) -> Callable[[str], list[str]]:
+def _log_tail_reader(folders: Mapping[str, Path]) -> Callable[[str], list[str]]:
     def tail(step: str) -> list[str]:
         try:
-            text = (run_dir / step / "log.txt").read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            text = (folders[step] / "log.txt").read_text(encoding="utf-8", errors="replace")
+        except (KeyError, OSError):
             return []
-        return text.splitlines()[-50:]
+        return text.splitlines()[-junit_tail_lines() :]
 
     return tail
+
+
+def junit_tail_lines() -> int:
+    from converter.junit import LOG_TAIL_LINES
+
+    return LOG_TAIL_LINES
+
+
+# ---------------------------------------------------------------- cellpipe runs
+
+
+@contextmanager
+def _store() -> Iterator[RunStore]:
+    from converter.runstore import RunStore
+    from converter.workspace import Workspace
+
+    store = RunStore(Workspace.default().database)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@command("runs")
+def _runs(args: argparse.Namespace) -> int:
+    with _store() as store:
+        if args.runs_command == "list":
+            return _runs_list(store, args)
+        if args.runs_command == "show":
+            return _runs_show(store, args)
+        if args.runs_command == "logs":
+            return _runs_logs(store, args)
+        run = store.get_run(args.run)
+        if store.request_cancel(run.id):
+            print(f"cancel requested for run {run.id}: its engine stops it within a second or so")
+            return EXIT_OK
+        print(f"cellpipe: run {run.id} is not running (it {run.state})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _runs_list(store: RunStore, args: argparse.Namespace) -> int:
+    runs = store.list_runs(args.limit)
+    if args.json:
+        print(json.dumps([_run_json(r, steps=False) for r in runs], indent=2))
+        return EXIT_OK
+    if not runs:
+        print("no runs yet")
+        return EXIT_OK
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("run", "pipeline", "state", "started", "time", "steps", "engine"):
+        table.add_column(column, justify="right" if column == "time" else "left")
+    for run in runs:
+        done = sum(1 for s in run.steps if s.state in ("succeeded", "cached"))
+        table.add_row(
+            run.id,
+            run.pipeline,
+            Text(run.state, style=_STYLES.get(run.state, "")),
+            _when(run.created),
+            _seconds(run.duration),
+            f"{done}/{len(run.steps)}",
+            run.engine,
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+def _runs_show(store: RunStore, args: argparse.Namespace) -> int:
+    run = store.get_run(args.run)
+    if args.json:
+        print(json.dumps(_run_json(run, steps=True), indent=2))
+        return EXIT_OK
+    console = _console()
+    console.print(f"run {run.id}: {run.pipeline} ({run.notebook}), {run.engine} engine", soft_wrap=True)
+    state = f"{run.state}" + (f": {run.message}" if run.message else "")
+    started = _when(run.started or run.created)
+    console.print(f"state: {state}; started {started}, took {_seconds(run.duration)}", soft_wrap=True)
+    if run.parameters:
+        values = ", ".join(f"{k}={v!r}" for k, v in run.parameters.items())
+        console.print(f"parameters: {values}", soft_wrap=True)
+    if run.resumed_from:
+        console.print(f"resumed from: {run.resumed_from}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("step", "state", "attempt", "time", "message"):
+        table.add_column(column, justify="right" if column in ("attempt", "time") else "left")
+    for step in run.steps:
+        message = step.message or (f"from run {step.cached_from}" if step.cached_from else "")
+        table.add_row(
+            step.name,
+            Text(step.state, style=_STYLES.get(step.state, "")),
+            str(step.attempt or ""),
+            _seconds(step.duration),
+            message,
+        )
+    console.print(table)
+    if run.metrics:
+        console.print("metrics: " + " ".join(f"{k}={v:.4g}" for k, v in run.metrics.items()), soft_wrap=True)
+    if run.folder:
+        console.print(f"folder: {run.folder}", soft_wrap=True)
+    return EXIT_OK
+
+
+def _runs_logs(store: RunStore, args: argparse.Namespace) -> int:
+    """Print step logs; with --follow keep printing new lines until the run is over."""
+    run = store.get_run(args.run)
+    names = [s.name for s in run.steps]
+    if args.step is not None and args.step not in names:
+        raise CellpipeError(f"run {run.id} has no step {args.step!r} (its steps: {', '.join(names)})")
+    wanted = [args.step] if args.step else names
+    prefix = args.step is None
+    offsets: dict[str, int] = {}
+    partial: dict[str, str] = {}
+
+    def drain() -> bool:
+        """Print what the logs gained since the last look; True if anything was printed."""
+        printed = False
+        current = store.get_run(run.id)
+        for step in current.steps:
+            if step.name not in wanted:
+                continue
+            log = Path(step.log_path) if step.log_path else None
+            if log is None or not log.exists():
+                continue
+            with log.open("rb") as handle:
+                handle.seek(offsets.get(step.name, 0))
+                data = handle.read()
+            if not data:
+                continue
+            offsets[step.name] = offsets.get(step.name, 0) + len(data)
+            text = partial.pop(step.name, "") + data.decode("utf-8", errors="replace")
+            lines = text.split("\n")
+            if lines[-1]:
+                partial[step.name] = lines[-1]  # a line still being written: wait for its end
+            for line in lines[:-1]:
+                sys.stdout.write(f"{step.name} | {line}\n" if prefix else f"{line}\n")
+            printed = True
+        sys.stdout.flush()
+        return printed
+
+    drain()
+    while args.follow and store.get_run(run.id).state == "running":
+        if not drain():
+            time.sleep(0.25)
+    if args.follow:
+        drain()  # the last lines, written as the run finished
+    for step, rest in partial.items():
+        sys.stdout.write(f"{step} | {rest}\n" if prefix else f"{rest}\n")
+    return EXIT_OK
+
+
+def _run_json(run: RunRecord, steps: bool) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    data["metrics"] = run.metrics
+    if not steps:
+        data["steps"] = [{"name": s.name, "state": s.state} for s in run.steps]
+    return data
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else ""
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f}s" if value is not None else ""
+
+
+def _console() -> Console:
+    return Console(highlight=False)
 
 
 # ---------------------------------------------------------------- argument parsers
@@ -339,6 +535,21 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report, one test case per step")
     p.add_argument("--json-events", action="store_true", help="one JSON event per line on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary line and errors")
+
+    p = sub.add_parser("runs", help="runs in the local run store ($CELLPIPE_HOME)")
+    runs = p.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    q = runs.add_parser("list", help="the newest runs")
+    q.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    q.add_argument("--json", action="store_true")
+    q = runs.add_parser("show", help="a run with its steps, timings and metrics")
+    q.add_argument("run", help="run id, or a unique prefix of one")
+    q.add_argument("--json", action="store_true")
+    q = runs.add_parser("logs", help="a run's step logs")
+    q.add_argument("run", help="run id, or a unique prefix of one")
+    q.add_argument("step", nargs="?", help="only this step")
+    q.add_argument("-f", "--follow", action="store_true", help="keep printing until the run finishes")
+    q = runs.add_parser("cancel", help="ask the engine of a running run to cancel it")
+    q.add_argument("run", help="run id, or a unique prefix of one")
 
 
 _EXTRA_PARSERS.append(_add_parsers)

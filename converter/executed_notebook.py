@@ -49,14 +49,17 @@ def build(
     output_path: str,
     start_time: float,
     end_time: float,
+    failures: Mapping[str, str] | None = None,
 ) -> nbformat.NotebookNode:
     """The executed copy of `source` (as `reader.load` returns it; cell indexes match the pipeline's).
 
     `parameters` are the values the user passed (papermill injects only those); `step_outputs` maps
-    step name to its parsed `cell_outputs.json`.
+    step name to its parsed `cell_outputs.json`; `failures` maps each failed step to why it failed.
     """
     nb = nbformat.v4.upgrade(copy.deepcopy(source))  # to 4.5 (cell ids), as papermill does before inserting
     ran = _cells_that_ran(pipeline, step_outputs)
+    for name, message in (failures or {}).items():
+        _blame(ran, pipeline, name, step_outputs.get(name), message)
     param_cell = min((p.cell for p in pipeline.parameters), default=None)
     cells: list[nbformat.NotebookNode] = []
     for index, cell in enumerate(nb.cells):
@@ -70,11 +73,11 @@ def build(
             record = ran.get(index)
             if record is not None:
                 cell.outputs = [nbformat.from_dict(o) for o in record["outputs"]]
-                cell.metadata.papermill = _cell_meta(
+                cell.metadata.papermill = cell_metadata(
                     "failed" if record["failed"] else "completed", record["seconds"]
                 )
             elif param_cell == index:
-                cell.metadata.papermill = _cell_meta("completed", 0.0)  # its values travel as parameters
+                cell.metadata.papermill = cell_metadata("completed", 0.0)  # its values travel as parameters
         cells.append(cell)
         if index == param_cell and parameters:
             cells.append(_injected_cell(nb, parameters))
@@ -143,6 +146,25 @@ def _cells_that_ran(
     return ran
 
 
+def _blame(
+    ran: dict[int, dict[str, Any]], pipeline: Pipeline, step: str, result: Mapping[str, Any] | None, why: str
+) -> None:
+    """A step that failed outside its cells (timeout, killed, missing package) still fails a cell.
+
+    Papermill would show the cell it was running when it stopped: that is the first of the step's
+    cells that did not finish, and it gets an error output saying why.
+    """
+    if result is not None and result.get("status") == "error" and result.get("error_cell") is not None:
+        return  # a cell raised: it already carries the error output
+    cells = pipeline.step(step).cells
+    finished = {c["index"] for c in (result or {}).get("cells", [])}
+    index = next((c.index for c in cells if c.index not in finished), cells[-1].index)
+    error = {"output_type": "error", "ename": "StepFailed", "evalue": why, "traceback": [f"StepFailed: {why}"]}
+    record = ran.setdefault(index, {"outputs": [], "seconds": None})
+    record["outputs"] = [*record["outputs"], error]
+    record["failed"] = True
+
+
 def _injected_cell(nb: nbformat.NotebookNode, parameters: Mapping[str, Any]) -> nbformat.NotebookNode:
     """Exactly papermill's cell: its translator's source and the `injected-parameters` tag."""
     kernelspec = nb.metadata.get("kernelspec", {})
@@ -151,7 +173,7 @@ def _injected_cell(nb: nbformat.NotebookNode, parameters: Mapping[str, Any]) -> 
     source = translate_parameters(kernel, language, dict(parameters), "Parameters")
     cell = nbformat.v4.new_code_cell(source=source)
     cell.metadata["tags"] = [INJECTED_TAG]
-    cell.metadata.papermill = _cell_meta("completed", 0.0)
+    cell.metadata.papermill = cell_metadata("completed", 0.0)
     return cell
 
 
@@ -175,10 +197,11 @@ def _number_and_settle(cells: list[nbformat.NotebookNode]) -> None:
             failed_seen = failed_seen or meta["status"] == "failed"
         else:  # a code cell here was never run by any step (left out, or its step never ran)
             pending = failed_seen or cell.cell_type == "code"
-            cell.metadata.papermill = _cell_meta("pending" if pending else "completed", None)
+            cell.metadata.papermill = cell_metadata("pending" if pending else "completed", None)
 
 
-def _cell_meta(status: str, seconds: float | None) -> dict[str, Any]:
+def cell_metadata(status: str, seconds: float | None) -> dict[str, Any]:
+    """A cell's `metadata.papermill`, as papermill's execution manager fills it."""
     return {
         "duration": seconds,
         "end_time": None,
