@@ -1,0 +1,683 @@
+"""The local engine: runs a pipeline on this machine, steps in parallel, as the compiled pipeline would.
+
+Each step attempt runs the exact program the compiled pipeline carries (`stepcode.program`) with
+its argv (`stepcode.arguments`, placeholders filled with artifact paths and parameter values
+rendered as KFP renders them), in the notebook's folder, in its own process and process group.
+Processes are forked from a per-run fork server that has already run the imports cells' imports
+(see `converter.engines.zygote`), or started as plain ``python -c`` subprocesses when it is not
+available (and always for GPU steps).
+
+The scheduler starts every step whose upstream steps succeeded (or were cached), as long as
+`max_parallel` (default: the CPUs this process may use) and the CPU, memory and GPU requests
+against this machine allow; GPUs are handed out exclusively through ``CUDA_VISIBLE_DEVICES``.
+Timeouts and memory limits kill the step's process group; failures are retried with exponential
+backoff when the step has ``retries``; a failed step skips everything downstream of it while
+independent steps go on. A step whose cache key (see `converter.artifacts`) matches an earlier
+successful execution is not run (``step_cached``); ``RunRequest.resume`` reuses the succeeded steps
+of an earlier run. `cancel()` (safe from a signal handler) or a cancel request in the run store
+kills running steps and ends the run "cancelled".
+
+Missing packages are not installed into the user's environment: steps run with ``--no-install``
+and fail naming the module and its pip distribution.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converter import stepcode
+from converter.artifacts import ArtifactStore, CacheEntry, cache_key
+from converter.engines.base import RunRequest, RunResult
+from converter.engines.processes import Exit, Launch, StepProcesses, fork_server_supported
+from converter.engines.resources import Machine, Need, Pool, gib, plan, tree_rss
+from converter.errors import CellpipeError
+from converter.events import EventLog, EventSink, EventType, RunState, step_states
+from converter.model import Pipeline, Step
+from converter.runstore import RunStore, StepOutcome
+from converter.workspace import Workspace
+
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 30.0
+CANCEL_POLL_SECONDS = 1.0
+MEMORY_POLL_SECONDS = 0.5
+NO_FORK_VARIABLE = "CELLPIPE_NO_FORK"  # set to 1 to start every step as a fresh interpreter
+_RUNTIME_FAILURE = re.compile(r"^cellpipe: step '[^']*'(?: \(.*\))? failed: (.*)$")
+
+
+def render_parameter(value: object) -> str:
+    """A parameter value as KFP puts it on a command line: str raw, bool true/false, list/dict JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def preload_statements(pipeline: Pipeline) -> list[str]:
+    """What the fork server imports before forking: the imports and functions cells' imports.
+
+    Only import statements: the cells themselves still run in every step (cheaply, as the modules
+    are loaded), so their other effects happen where the notebook expects them.
+    """
+    statements: list[str] = []
+    for cell in (*pipeline.imports, *pipeline.functions):
+        try:
+            tree = ast.parse(cell.python)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import) or (
+                isinstance(node, ast.ImportFrom) and node.module != "__future__"
+            ):
+                statements.append(ast.unparse(node))
+    modules = {s.split()[1].split(".")[0] for s in statements}
+    if "pandas" in modules:
+        statements.append("import pyarrow.parquet")  # the runtime's DataFrame format
+    if "sklearn" in modules:
+        statements.append("import joblib")  # the runtime's estimator format
+    if any(step.uses_ipython for step in pipeline.steps):
+        statements.append("import IPython.core.interactiveshell")
+    return list(dict.fromkeys(statements))
+
+
+def duration_text(seconds: float) -> str:
+    """90 -> "90s", 1800 -> "30m", 7200 -> "2h": how timeout tags are written."""
+    whole = int(seconds)
+    if whole and whole % 3600 == 0:
+        return f"{whole // 3600}h"
+    if whole and whole % 60 == 0:
+        return f"{whole // 60}m"
+    return f"{seconds:g}s"
+
+
+@dataclass
+class _StepRun:
+    step: Step
+    need: Need
+    state: str = "pending"  # + queued, running, retry_wait, succeeded, cached, failed, skipped, cancelled
+    attempt: int = 0
+    inputs: dict[str, str] = field(default_factory=dict)  # variable -> digest
+    params: dict[str, str] = field(default_factory=dict)  # rendered values
+    key: str = ""
+    cacheable: bool = True
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0  # monotonic, current attempt
+    retry_at: float = 0.0
+    next_memory_check: float = 0.0
+    kill_reason: str | None = None
+    staging: Path | None = None
+    staged: dict[str, Path] = field(default_factory=dict)
+    held: tuple[list[str], list[int] | None] = ([], None)
+
+
+class LocalEngine:
+    """Runs pipelines on this machine; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        workspace: Path | None = None,
+        max_parallel: int | None = None,
+        *,
+        fork_server: bool | None = None,
+        fit_resources: bool = False,
+    ):
+        """`fork_server` None: use it where supported unless $CELLPIPE_NO_FORK is set.
+        `fit_resources`: cut requests larger than this machine down (with a warning) instead of
+        refusing the run; GPU steps then run on the CPU when there is no GPU."""
+        self.workspace = Workspace(Path(workspace)) if workspace is not None else Workspace.default()
+        self.max_parallel = max_parallel
+        if fork_server is None:
+            fork_server = not os.environ.get(NO_FORK_VARIABLE)
+        self.fork_server = fork_server and fork_server_supported()
+        self.fit_resources = fit_resources
+        self._cancelled = False
+        self._wake_w: int | None = None
+
+    def cancel(self) -> None:
+        """Ask the current run to stop; only sets a flag and writes a byte: safe in a signal handler."""
+        self._cancelled = True
+        fd = self._wake_w
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"c")
+
+    def run(self, request: RunRequest, sinks: list[EventSink]) -> RunResult:
+        self._cancelled = False
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        self._wake_w = wake_w
+        try:
+            return _Run(self, request, sinks, wake_r, wake_w).execute()
+        finally:
+            self._wake_w = None
+            os.close(wake_r)
+            os.close(wake_w)
+
+
+class _Run:
+    def __init__(
+        self, engine: LocalEngine, request: RunRequest, sinks: list[EventSink], wake_r: int, wake_w: int
+    ):
+        self.engine, self.request, self.pipeline = engine, request, request.pipeline
+        self.wake_r, self.wake_w = wake_r, wake_w
+        self.machine = Machine.detect()
+        needs, self.warnings = plan(self.pipeline, self.machine, fit=engine.fit_resources)
+        self.values = self._parameter_values()
+        self._check_inputs()
+        self.cwd = request.notebook.resolve().parent
+        workspace = engine.workspace
+        self.store = RunStore(workspace.database)
+        self.store.mark_orphans()
+        self.reusable: dict[str, StepOutcome] = {}
+        self.resumed_parameters: dict[str, Any] = {}
+        self.resume_id: str | None = None
+        if request.resume:
+            request_run = self.store.get_run(request.resume)
+            if request_run.pipeline and request_run.pipeline != self.pipeline.name:
+                raise CellpipeError(
+                    f"run {request_run.id} ran pipeline {request_run.pipeline!r}, not {self.pipeline.name!r}"
+                )
+            self.resume_id = request_run.id
+            self.reusable = self.store.step_succeeded_outputs(request_run.id)
+            self.resumed_parameters = request_run.parameters
+        self.artifacts = ArtifactStore(workspace.artifacts)
+        self.programs = {s.name: stepcode.program(self.pipeline, s) for s in self.pipeline.steps}
+        self.run_id = self.store.create_run(
+            self.pipeline.name,
+            str(request.notebook),
+            engine.name,
+            self.values,
+            [s.name for s in self.pipeline.steps],
+            resumed_from=self.resume_id,
+        )
+        self.run_folder = workspace.run_folder(self.run_id)
+        self.log = EventLog(self.run_id, [self.store.record, *sinks])
+        self.steps = {s.name: _StepRun(s, needs[s.name]) for s in self.pipeline.steps}
+        self.pool = Pool(self.machine)
+        self.max_parallel = max(1, request.max_parallel or engine.max_parallel or len(self.machine.cpus))
+        self.queue: list[str] = []  # ready to start, in notebook order
+        self.running: dict[str, str] = {}  # process key -> step
+        self.exits: collections.deque[Exit] = collections.deque()
+        self.cancelling = False
+        self.next_cancel_poll = 0.0
+        self.processes: StepProcesses | None = None
+
+    # ------------------------------------------------------------------ set-up checks
+
+    def _parameter_values(self) -> dict[str, Any]:
+        values = {p.name: p.default for p in self.pipeline.parameters}
+        unknown = sorted(set(self.request.parameters) - set(values))
+        if unknown:
+            raise CellpipeError(
+                f"unknown parameter{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
+                f"(the pipeline has: {', '.join(values) or 'none'})"
+            )
+        values.update(self.request.parameters)
+        return values
+
+    def _check_inputs(self) -> None:
+        for step in self.pipeline.steps:
+            for var in step.inputs:
+                try:
+                    self.pipeline.producer(step.name, var)
+                except KeyError:
+                    raise CellpipeError(f"step {step.name!r} reads {var!r} but no step produces it") from None
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, type: EventType, **fields: Any) -> None:
+        self.log.emit(type, **fields)
+
+    def _on_line(self, key: str, stream: str, line: str) -> None:
+        self.emit("step_log", step=key.rsplit("#", 1)[0], stream=stream, line=line)
+
+    def _on_exit(self, exit: Exit) -> None:
+        self.exits.append(exit)
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"x")
+
+    # ------------------------------------------------------------------ the run
+
+    def execute(self) -> RunResult:
+        clock = time.monotonic()
+        self.emit(
+            "run_started",
+            data={
+                "pipeline": self.pipeline.name,
+                "engine": self.engine.name,
+                "steps": [s.name for s in self.pipeline.steps],
+                "upstream": {s.name: list(self.pipeline.upstream(s.name)) for s in self.pipeline.steps},
+                "parameters": self.values,
+                "notebook": str(self.request.notebook),
+                "run_folder": str(self.run_folder),
+                "max_parallel": self.max_parallel,
+                "resumed_from": self.resume_id,
+                "warnings": self.warnings,
+            },
+        )
+        error: BaseException | None = None
+        try:
+            self._loop()
+        except BaseException as exc:
+            error = exc
+            self._abandon()
+        finally:
+            if self.processes is not None:
+                self.processes.close()
+            for run in self.steps.values():
+                if run.staging is not None:
+                    self.artifacts.discard(run.staging)
+        state, message = self._outcome(error)
+        self.emit("run_finished", state=state, message=message, duration=round(time.monotonic() - clock, 3))
+        self.store.close()
+        if error is not None and not isinstance(error, KeyboardInterrupt):
+            raise error
+        names = [s.name for s in self.pipeline.steps]
+        metrics = {k: v for s in self.pipeline.steps for k, v in self.steps[s.name].metrics.items()}
+        return RunResult(self.run_id, state, dict(step_states(self.log.events, names)), metrics)
+
+    def _outcome(self, error: BaseException | None) -> tuple[RunState, str | None]:
+        if self.cancelling or isinstance(error, KeyboardInterrupt):
+            return "cancelled", "cancelled"
+        if error is not None:
+            return "failed", f"engine error: {type(error).__name__}: {error}"
+        failed = [name for name, run in self.steps.items() if run.state == "failed"]
+        if failed:
+            return "failed", f"step{'s' * (len(failed) > 1)} {', '.join(map(repr, failed))} failed"
+        return "succeeded", None
+
+    def _loop(self) -> None:
+        self._advance()
+        while True:
+            try:
+                self._start_ready()
+                if not any(r.state in ("queued", "running", "retry_wait") for r in self.steps.values()):
+                    return
+                self._wait()
+                while self.exits:
+                    self._finished(self.exits.popleft())
+                self._check_cancel()
+                self._check_running()
+                self._check_retries()
+                self._advance()
+            except KeyboardInterrupt:  # no handler installed by the caller: Ctrl-C cancels the run
+                self.engine._cancelled = True
+                self._check_cancel()
+
+    def _wait(self) -> None:
+        now = time.monotonic()
+        deadline = now + CANCEL_POLL_SECONDS
+        for run in self.steps.values():
+            if run.state == "retry_wait":
+                deadline = min(deadline, run.retry_at)
+            elif run.state == "running":
+                timeout = run.step.settings.timeout_seconds
+                if timeout and run.kill_reason is None:
+                    deadline = min(deadline, run.started + timeout)
+                if run.need.memory_limit is not None:
+                    deadline = min(deadline, run.next_memory_check)
+        if self.engine._cancelled and not self.cancelling:
+            deadline = now
+        ready, _, _ = select.select([self.wake_r], [], [], max(0.0, deadline - now))
+        if ready:
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _abandon(self) -> None:
+        """An engine error or Ctrl-C outside the loop's care: stop every step."""
+        self.cancelling = True
+        if self.processes is not None:
+            for key in list(self.running):
+                self.processes.kill(key)
+
+    # ------------------------------------------------------------------ becoming ready
+
+    def _advance(self) -> None:
+        """Decide every pending step whose upstream steps are done: reuse, cache hit, or queue it."""
+        if self.cancelling:
+            return
+        for step in self.pipeline.steps:
+            run = self.steps[step.name]
+            if run.state != "pending":
+                continue
+            if not all(
+                self.steps[u].state in ("succeeded", "cached") for u in self.pipeline.upstream(step.name)
+            ):
+                continue
+            self._prepare(run)
+            if self._reuse(run) or self._cached(run):
+                continue
+            run.state = "queued"
+            self.queue.append(step.name)
+            self.emit("step_queued", step=step.name)
+
+    def _prepare(self, run: _StepRun) -> None:
+        step = run.step
+        run.inputs = {
+            var: self.steps[self.pipeline.producer(step.name, var)].outputs[var] for var in step.inputs
+        }
+        run.params = {name: render_parameter(self.values[name]) for name in step.parameters}
+        run.key = cache_key(
+            self.programs[step.name],
+            run.inputs,
+            run.params,
+            step.settings.image or self.pipeline.image,
+            step.packages,
+            step.settings.env,
+        )
+        setting = step.settings.cache if step.settings.cache is not None else self.pipeline.cache_default
+        run.cacheable = self.request.use_cache and setting
+
+    def _reuse(self, run: _StepRun) -> bool:
+        """--resume: a step that succeeded in the earlier run, with the same parameters, is kept."""
+        name = run.step.name
+        outcome = self.reusable.get(name)
+        if outcome is None:
+            return False
+        old = self.resumed_parameters
+        same_parameters = all(
+            param in old and render_parameter(old[param]) == value for param, value in run.params.items()
+        )
+        outputs_there = all(
+            var in outcome.outputs and self.artifacts.exists(outcome.outputs[var]) for var in run.step.outputs
+        )
+        if not (same_parameters and outputs_there):
+            return False
+        self._use(
+            run,
+            {v: outcome.outputs[v] for v in run.step.outputs},
+            outcome.metrics,
+            f"from run {self.resume_id}",
+            {
+                "folder": outcome.folder,
+                "log": outcome.log_path,
+                "from_run": self.resume_id,
+                "cache_key": outcome.cache_key,
+            },
+        )
+        return True
+
+    def _cached(self, run: _StepRun) -> bool:
+        if not run.cacheable:
+            return False
+        entry = self.artifacts.lookup(run.key, run.step.outputs)
+        if entry is None:
+            return False
+        log = str(Path(entry.folder) / "log.txt")
+        self._use(
+            run,
+            {v: entry.outputs[v] for v in run.step.outputs},
+            entry.metrics,
+            f"from run {entry.run_id}",
+            {"folder": entry.folder, "log": log, "from_run": entry.run_id, "cache_key": run.key},
+        )
+        return True
+
+    def _use(
+        self,
+        run: _StepRun,
+        outputs: dict[str, str],
+        metrics: dict[str, float],
+        message: str,
+        data: dict[str, Any],
+    ) -> None:
+        run.state, run.outputs, run.metrics = "cached", outputs, dict(metrics)
+        self.emit("step_cached", step=run.step.name, message=message, data={**data, "outputs": outputs})
+        if metrics:
+            self.emit("metrics", step=run.step.name, metrics=dict(metrics))
+
+    # ------------------------------------------------------------------ starting
+
+    def _start_ready(self) -> None:
+        for name in list(self.queue):
+            if self.cancelling or len(self.running) >= self.max_parallel:
+                return
+            run = self.steps[name]
+            if not self.pool.fits(run.need):
+                continue  # a later, smaller step may still fit
+            self.queue.remove(name)
+            self._start(run)
+
+    def _start(self, run: _StepRun) -> None:
+        if self.processes is None:  # not before a step needs it: a fully cached run starts nothing
+            self.processes = StepProcesses(
+                self._on_line,
+                self._on_exit,
+                self.cwd,
+                preload_statements(self.pipeline),
+                fork_server=self.engine.fork_server,
+                server_log=self.run_folder / "zygote.log",
+            )
+        step = run.step
+        run.attempt += 1
+        folder = self.engine.workspace.step_folder(self.run_id, step.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        program_path = folder / "program.py"
+        if run.attempt == 1:
+            program_path.write_text(self.programs[step.name], encoding="utf-8")
+        for stale in ("metrics.json", "cell_outputs.json", "report.html"):
+            (folder / stale).unlink(missing_ok=True)
+        run.staging = self.artifacts.staging(f"{self.run_id}.{step.name}.{run.attempt}")
+        inputs, outputs = stepcode.artifact_names(step)
+        run.staged = {var: run.staging / name for var, name in outputs.items()}
+        paths = {name: str(self.artifacts.path(run.inputs[var])) for var, name in inputs.items()}
+        paths.update({name: str(run.staged[var]) for var, name in outputs.items()})
+        paths[stepcode.METRICS_ARTIFACT] = str(folder / "metrics.json")
+        paths[stepcode.REPORT_ARTIFACT] = str(folder / "report.html")
+        argv: list[str] = []
+        for arg in stepcode.arguments(step, executor_output=None):
+            if arg.kind == "literal":
+                argv.append(arg.value)
+            elif arg.kind == "parameter":
+                argv.append(run.params[arg.value])
+            else:
+                argv.append(paths[arg.value])
+        argv += ["--cell-outputs", str(folder / "cell_outputs.json"), "--no-install"]
+        gpus, cpus = self.pool.take(run.need)
+        run.held = (gpus, cpus)
+        env = dict(step.settings.env)
+        if gpus or run.need.no_gpu:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        key = f"{step.name}#{run.attempt}"
+        run.state, run.started, run.kill_reason = "running", time.monotonic(), None
+        run.next_memory_check = run.started + MEMORY_POLL_SECONDS
+        self.running[key] = step.name
+        log_path = folder / "log.txt"
+        self.emit(
+            "step_started",
+            step=step.name,
+            attempt=run.attempt,
+            data={"folder": str(folder), "log": str(log_path)},
+        )
+        self.processes.start(
+            Launch(
+                key,
+                self.programs[step.name],
+                program_path,
+                argv,
+                self.cwd,
+                env,
+                log_path,
+                cpus,
+                fork=not gpus,
+            )
+        )
+
+    # ------------------------------------------------------------------ watching
+
+    def _check_cancel(self) -> None:
+        now = time.monotonic()
+        if not self.engine._cancelled and now >= self.next_cancel_poll:
+            self.next_cancel_poll = now + CANCEL_POLL_SECONDS
+            if self.store.cancel_requested(self.run_id):
+                self.engine._cancelled = True
+        if not self.engine._cancelled or self.cancelling:
+            return
+        self.cancelling = True
+        self.queue.clear()
+        for run in self.steps.values():
+            if run.state in ("queued", "retry_wait"):
+                run.state = "cancelled"
+        for key, name in self.running.items():
+            self.steps[name].kill_reason = "cancelled"
+            if self.processes is not None:
+                self.processes.kill(key)
+
+    def _check_running(self) -> None:
+        if self.processes is None:
+            return
+        now = time.monotonic()
+        for key, name in self.running.items():
+            run = self.steps[name]
+            if run.kill_reason is not None:
+                continue
+            timeout = run.step.settings.timeout_seconds
+            if timeout and now - run.started >= timeout:
+                run.kill_reason = f"timed out after {duration_text(timeout)}"
+            elif run.need.memory_limit is not None and now >= run.next_memory_check:
+                run.next_memory_check = now + MEMORY_POLL_SECONDS
+                pid = self.processes.pid(key)
+                rss = tree_rss(pid) if pid is not None else 0
+                if rss > run.need.memory_limit:
+                    run.kill_reason = (
+                        f"exceeded its memory limit {run.need.memory_limit_text} ({gib(rss)} resident)"
+                    )
+            if run.kill_reason is not None:
+                self.processes.kill(key)
+
+    def _check_retries(self) -> None:
+        now = time.monotonic()
+        for name, run in self.steps.items():
+            if run.state == "retry_wait" and now >= run.retry_at:
+                run.state = "queued"
+                self.queue.append(name)
+        order = {s.name: i for i, s in enumerate(self.pipeline.steps)}
+        self.queue.sort(key=order.__getitem__)
+
+    # ------------------------------------------------------------------ ending
+
+    def _finished(self, exit: Exit) -> None:
+        name = self.running.pop(exit.key)
+        run = self.steps[name]
+        self.pool.give_back(run.need, *run.held)
+        run.held = ([], None)
+        duration = round(time.monotonic() - run.started, 3)
+        folder = self.engine.workspace.step_folder(self.run_id, name)
+        where = {"folder": str(folder), "log": str(folder / "log.txt")}
+        message = None
+        if exit.code == 0:  # finished on its own, even if a kill was on its way
+            try:
+                self._succeeded(run, duration, where)
+                return
+            except (OSError, ValueError) as error:
+                message = f"cannot keep the step's results: {error}"
+        if run.staging is not None:
+            self.artifacts.discard(run.staging)
+            run.staging = None
+        if run.kill_reason == "cancelled":
+            run.state = "cancelled"  # run_finished "cancelled" says it for every unfinished step
+            return
+        message = message or self._failure(run, exit)
+        code = exit.code if exit.code is not None and exit.code > 0 else None
+        retries = run.step.settings.retries or 0
+        if run.attempt <= retries and not self.cancelling:
+            delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (run.attempt - 1))
+            run.state, run.retry_at = "retry_wait", time.monotonic() + delay
+            self.emit(
+                "step_retrying",
+                step=name,
+                attempt=run.attempt,
+                message=message,
+                exit_code=code,
+                duration=duration,
+                data={**where, "delay": delay},
+            )
+            return
+        run.state = "failed"
+        self.emit(
+            "step_failed",
+            step=name,
+            attempt=run.attempt,
+            message=message,
+            exit_code=code,
+            duration=duration,
+            data=where,
+        )
+        self._skip_downstream(name)
+
+    def _succeeded(self, run: _StepRun, duration: float, where: dict[str, str]) -> None:
+        step, folder = run.step, Path(where["folder"])
+        execution = None if run.cacheable else f"{self.run_id}.{step.name}.{run.attempt}"
+        outputs = self.artifacts.commit(run.staged, run.key, execution)
+        if run.staging is not None:
+            self.artifacts.discard(run.staging)
+            run.staging = None
+        metrics: dict[str, float] = {}
+        if step.metrics and (folder / "metrics.json").is_file():
+            values = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+            metrics = {k: float(v) for k, v in values.items()}
+        run.state, run.outputs, run.metrics = "succeeded", outputs, metrics
+        self.artifacts.remember(run.key, CacheEntry(outputs, metrics, str(folder), self.run_id, step.name))
+        self.emit(
+            "step_succeeded",
+            step=step.name,
+            attempt=run.attempt,
+            duration=duration,
+            data={**where, "outputs": outputs, "cache_key": run.key},
+        )
+        if metrics:
+            self.emit("metrics", step=step.name, metrics=metrics)
+
+    def _failure(self, run: _StepRun, exit: Exit) -> str:
+        """One line saying why an attempt failed."""
+        if run.kill_reason is not None:
+            return run.kill_reason
+        if exit.code is None:
+            return exit.lost or "step process lost"
+        if exit.code < 0:
+            try:
+                signame = signal.Signals(-exit.code).name
+            except ValueError:
+                signame = f"signal {-exit.code}"
+            return f"killed by {signame}" + (" (out of memory?)" if -exit.code == signal.SIGKILL else "")
+        for line in reversed(exit.stderr_tail):
+            match = _RUNTIME_FAILURE.match(line)
+            if match:
+                return match.group(1)
+        last = next((line for line in reversed(exit.stderr_tail) if line.strip()), None)
+        return f"exited with status {exit.code}" + (f": {last.strip()}" if last else "")
+
+    def _skip_downstream(self, failed: str) -> None:
+        pending = list(self.pipeline.downstream(failed))
+        while pending:
+            name = pending.pop(0)
+            run = self.steps[name]
+            if run.state != "pending":
+                continue
+            run.state = "skipped"
+            self.emit("step_skipped", step=name, message=f"upstream step {failed!r} failed")
+            pending.extend(self.pipeline.downstream(name))

@@ -1,0 +1,212 @@
+"""What this machine has (CPUs, memory, GPUs) and what each step asks for, as the local scheduler sees it.
+
+Requests are read as Kubernetes reads them: a step that sets only a limit requests that limit.
+A step that could never fit on this machine is reported before the run starts, unless the engine
+is told to fit steps to the machine (then its request is cut to what exists and a warning says so,
+and GPU steps on a machine without GPUs run on the CPU with ``CUDA_VISIBLE_DEVICES`` empty).
+
+Limits: a memory limit is enforced by watching the resident memory of the step's process tree and
+killing it past the limit (``RLIMIT_AS`` would count the huge virtual reservations of numpy,
+pyarrow and JIT runtimes and fail steps that use little memory); a CPU limit pins the step to that
+many CPUs (rounded up) through its CPU affinity. Only NVIDIA GPUs are detected: ``nvidia-smi -L``,
+or the GPUs ``CUDA_VISIBLE_DEVICES`` names when it is set (an empty value means none).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import psutil
+
+from converter.errors import CellpipeError
+from converter.model import DEFAULT_GPU_VENDOR, Pipeline, Step
+
+_MEMORY_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "m": 1e-3,
+}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def cpu_quantity(text: str) -> float:
+    """`500m` -> 0.5, `2` -> 2.0."""
+    match = _QUANTITY.match(text)
+    if match is None or match.group(2) not in ("", "m"):
+        raise ValueError(f"not a CPU quantity: {text!r}")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "m" else value
+
+
+def memory_quantity(text: str) -> int:
+    """`4Gi` -> 4294967296 bytes, `1G` -> 10**9."""
+    match = _QUANTITY.match(text)
+    if match is None or match.group(2) not in _MEMORY_SUFFIXES:
+        raise ValueError(f"not a memory quantity: {text!r}")
+    return math.ceil(float(match.group(1)) * _MEMORY_SUFFIXES[match.group(2)])
+
+
+def gib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpus: tuple[int, ...]  # CPU ids this process may run on
+    memory: int  # bytes
+    gpus: tuple[str, ...]  # CUDA device ids
+
+    @classmethod
+    def detect(cls) -> Machine:
+        cpus = (
+            tuple(sorted(os.sched_getaffinity(0)))
+            if hasattr(os, "sched_getaffinity")
+            else tuple(range(os.cpu_count() or 1))
+        )
+        return cls(cpus, psutil.virtual_memory().total, detect_gpus())
+
+
+def detect_gpus() -> tuple[str, ...]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return tuple(g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1")
+    if shutil.which("nvidia-smi") is None:
+        return ()
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return tuple(m.group(1) for m in re.finditer(r"^GPU (\d+):", listing.stdout, re.MULTILINE))
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one step holds while it runs, and the limits it is held to."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    gpus: int = 0
+    cpu_limit: float | None = None
+    memory_limit: int | None = None
+    memory_limit_text: str | None = None
+    no_gpu: bool = False  # asked for GPUs, fitted to a machine with none: hide CUDA devices
+
+
+def _need(step: Step) -> Need:
+    r = step.settings.resources
+    cpu_limit = cpu_quantity(r.cpu_limit) if r.cpu_limit else None
+    memory_limit = memory_quantity(r.memory_limit) if r.memory_limit else None
+    cpu = cpu_quantity(r.cpu_request) if r.cpu_request else (cpu_limit or 0.0)
+    memory = memory_quantity(r.memory_request) if r.memory_request else (memory_limit or 0)
+    return Need(cpu, memory, r.gpu or 0, cpu_limit, memory_limit, r.memory_limit)
+
+
+def plan(pipeline: Pipeline, machine: Machine, fit: bool = False) -> tuple[dict[str, Need], list[str]]:
+    """Each step's needs on this machine, and warnings; CellpipeError naming every step that cannot fit."""
+    needs: dict[str, Need] = {}
+    problems: list[str] = []
+    warnings: list[str] = []
+    for step in pipeline.steps:
+        try:
+            need = _need(step)
+        except ValueError as error:
+            problems.append(f"step {step.name!r}: {error}")
+            continue
+        vendor = step.settings.resources.gpu_vendor
+        gpus_here = len(machine.gpus) if vendor == DEFAULT_GPU_VENDOR else 0
+        asks: list[str] = []
+        if need.cpu > len(machine.cpus):
+            asks.append(f"{need.cpu:g} CPUs but this machine has {len(machine.cpus)}")
+        if need.memory > machine.memory:
+            asks.append(f"{gib(need.memory)} of memory but this machine has {gib(machine.memory)}")
+        if need.gpus > gpus_here:
+            asks.append(
+                f"{need.gpus} GPU{'s' * (need.gpus > 1)} ({vendor}) but this machine has "
+                f"{gpus_here or 'none'}"
+            )
+        if asks and not fit:
+            problems.append(f"step {step.name!r} requests {' and '.join(asks)}")
+        elif asks:
+            warnings.append(f"step {step.name!r} requests {' and '.join(asks)}: fitted to this machine")
+            need = Need(
+                min(need.cpu, len(machine.cpus)),
+                min(need.memory, machine.memory),
+                min(need.gpus, gpus_here),
+                need.cpu_limit,
+                need.memory_limit,
+                need.memory_limit_text,
+                no_gpu=need.gpus > 0 and gpus_here == 0,
+            )
+        needs[step.name] = need
+    if problems:
+        raise CellpipeError("cannot run on this machine:\n  " + "\n  ".join(problems))
+    return needs, warnings
+
+
+class Pool:
+    """What is free right now; the scheduler takes and returns needs as steps start and end."""
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self.cpu = float(len(machine.cpus))
+        self.memory = machine.memory
+        self.free_gpus = list(machine.gpus)
+        self._pinned = dict.fromkeys(machine.cpus, 0)  # steps pinned to each CPU
+
+    def fits(self, need: Need) -> bool:
+        return need.cpu <= self.cpu + 1e-9 and need.memory <= self.memory and need.gpus <= len(self.free_gpus)
+
+    def take(self, need: Need) -> tuple[list[str], list[int] | None]:
+        """Hold the need; the GPUs handed out, and the CPUs to pin to (None: all)."""
+        self.cpu -= need.cpu
+        self.memory -= need.memory
+        gpus, self.free_gpus = self.free_gpus[: need.gpus], self.free_gpus[need.gpus :]
+        cpus = None
+        if need.cpu_limit is not None and math.ceil(need.cpu_limit) < len(self.machine.cpus):
+            cpus = sorted(
+                sorted(self._pinned, key=lambda c: self._pinned[c])[: max(1, math.ceil(need.cpu_limit))]
+            )
+            for cpu in cpus:
+                self._pinned[cpu] += 1
+        return gpus, cpus
+
+    def give_back(self, need: Need, gpus: list[str], cpus: list[int] | None) -> None:
+        self.cpu += need.cpu
+        self.memory += need.memory
+        self.free_gpus.extend(gpus)
+        for cpu in cpus or ():
+            self._pinned[cpu] -= 1
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes (0 when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total

@@ -1,0 +1,651 @@
+"""The run store: every run's state in one SQLite file that several processes share.
+
+Engines subscribe `RunStore.record` to their event stream; the CLI (`cellpipe runs ...`), the
+server extension and later engines read the same tables. One short ``BEGIN IMMEDIATE`` transaction
+per event keeps the tables consistent after every event; WAL mode lets readers work while an
+engine writes, and a generous ``busy_timeout`` makes concurrent writers wait instead of failing.
+
+Log lines are not stored here (a chatty step would turn every line into a write transaction):
+they are in the step's ``log.txt``, whose path the ``steps`` table holds. Every other event is
+kept in ``events`` so a client can replay or resume a run's stream.
+
+A run whose engine process died (SIGKILL, power loss) would stay "running" forever; the next
+engine start calls `mark_orphans`, which fails such runs with the message "engine stopped".
+The engine's pid is stored with its start time, so a recycled pid is not mistaken for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from converter.errors import CellpipeError
+from converter.events import FINAL_STEP_STATES, STEP_STATE_AFTER, Event
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL DEFAULT '',
+    notebook TEXT NOT NULL DEFAULT '',
+    engine TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    message TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    duration REAL,
+    parameters TEXT NOT NULL DEFAULT '{}',
+    folder TEXT,
+    remote_id TEXT,
+    pid INTEGER,
+    pid_started REAL,
+    host TEXT,
+    resumed_from TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER,
+    queued REAL,
+    started REAL,
+    finished REAL,
+    duration REAL,
+    exit_code INTEGER,
+    message TEXT,
+    folder TEXT,
+    log_path TEXT,
+    outputs TEXT,
+    cache_key TEXT,
+    cached_from TEXT,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started REAL,
+    finished REAL,
+    duration REAL,
+    exit_code INTEGER,
+    message TEXT,
+    pid INTEGER,
+    PRIMARY KEY (run_id, step, attempt)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, step, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step TEXT,
+    time REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+_SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 30_000
+ORPHAN_MESSAGE = "engine stopped"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    attempt: int
+    state: str
+    started: float | None
+    finished: float | None
+    duration: float | None
+    exit_code: int | None
+    message: str | None
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    state: str
+    attempt: int | None = None
+    queued: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    duration: float | None = None
+    exit_code: int | None = None
+    message: str | None = None
+    folder: str | None = None  # log.txt, report.html, cell_outputs.json, metrics.json live here
+    log_path: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # variable -> artifact digest
+    cache_key: str | None = None
+    cached_from: str | None = None  # run id whose execution a cached or resumed step reused
+    metrics: dict[str, float] = field(default_factory=dict)
+    attempts: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    pipeline: str
+    notebook: str
+    engine: str
+    state: str
+    message: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    duration: float | None
+    parameters: dict[str, Any]
+    folder: str | None
+    remote_id: str | None
+    pid: int | None
+    host: str | None
+    resumed_from: str | None
+    cancel_requested: bool
+    steps: tuple[StepRecord, ...] = ()
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The union of every step's metrics, in step order."""
+        return {name: value for step in self.steps for name, value in step.metrics.items()}
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """A succeeded (or cached) step of an earlier run, as `--resume` reuses it."""
+
+    outputs: dict[str, str]
+    metrics: dict[str, float]
+    folder: str | None
+    log_path: str | None
+    cache_key: str | None
+
+
+def new_run_id(now: float | None = None) -> str:
+    """Short, sortable and readable: `20261126-173405-3f2a`."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + "-" + secrets.token_hex(2)
+
+
+def _process_started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Is the process that created a run still running (not a zombie, not a recycled pid)?"""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's live process
+        return True
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+class RunStore:
+    """Runs, steps, attempts, metrics and events in SQLite; one instance per process is enough.
+
+    Methods may be called from several threads (engines emit from reader threads).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable except on power loss
+        with self._write() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; IMMEDIATE takes the write lock up front (no upgrade deadlock)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot across several SELECTs."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writing
+
+    def create_run(
+        self,
+        pipeline: str,
+        notebook: str,
+        engine: str,
+        parameters: Mapping[str, Any] | None = None,
+        steps: Sequence[str] = (),
+        pid: int | None = None,
+        resumed_from: str | None = None,
+        remote_id: str | None = None,
+    ) -> str:
+        """Register a new running run owned by process `pid` (default: this one); its id."""
+        pid = os.getpid() if pid is None else pid
+        started = _process_started(pid)
+        while True:
+            now = time.time()
+            run_id = new_run_id(now)
+            try:
+                with self._write() as db:
+                    db.execute(
+                        "INSERT INTO runs (id, pipeline, notebook, engine, state, created, parameters, pid,"
+                        " pid_started, host, resumed_from, remote_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            run_id,
+                            pipeline,
+                            notebook,
+                            engine,
+                            "running",
+                            now,
+                            _json(dict(parameters or {})),
+                            pid,
+                            started,
+                            socket.gethostname(),
+                            resumed_from,
+                            remote_id,
+                        ),
+                    )
+                    self._add_steps(db, run_id, steps)
+                return run_id
+            except sqlite3.IntegrityError:  # the same second and the same 16 random bits: draw again
+                continue
+
+    @staticmethod
+    def _add_steps(db: sqlite3.Connection, run_id: str, steps: Sequence[str]) -> None:
+        for name in steps:
+            db.execute(
+                "INSERT OR IGNORE INTO steps (run_id, name, position, state)"
+                " VALUES (?, ?, (SELECT COUNT(*) FROM steps WHERE run_id = ?), 'pending')",
+                (run_id, name, run_id),
+            )
+
+    def set_remote_id(self, run_id: str, remote_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET remote_id = ? WHERE id = ?", (remote_id, run_id))
+
+    def request_cancel(self, run_id: str) -> bool:
+        """Ask the engine running `run_id` (in any process) to cancel it; False if it is not running."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (run_id,)
+            )
+            return cursor.rowcount > 0
+
+    def record(self, event: Event) -> None:
+        """Fold one event into the tables (an EventSink). Log lines are left to the log files."""
+        if event.type == "step_log":
+            return
+        fold = _FOLDS.get(event.type)
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs (id, state, created) VALUES (?, 'running', ?)",
+                (event.run_id, event.time),
+            )
+            if event.step is not None:
+                self._add_steps(db, event.run_id, [event.step])
+            if fold is not None:
+                fold(db, event)
+            if event.step is not None and event.type in STEP_STATE_AFTER:
+                db.execute(
+                    "UPDATE steps SET state = ? WHERE run_id = ? AND name = ?",
+                    (STEP_STATE_AFTER[event.type], event.run_id, event.step),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
+                (event.run_id, event.seq, event.type, event.step, event.time, _json(event.to_json())),
+            )
+            db.execute("UPDATE runs SET last_seq = MAX(last_seq, ?) WHERE id = ?", (event.seq, event.run_id))
+
+    def mark_orphans(self) -> list[str]:
+        """Fail running local runs of this host whose engine process is gone; their ids."""
+        host = socket.gethostname()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, pid, pid_started, host, last_seq FROM runs"
+                " WHERE state = 'running' AND remote_id IS NULL AND pid IS NOT NULL"
+            ).fetchall()
+        orphans = [r for r in rows if r["host"] in (None, host) and not _alive(r["pid"], r["pid_started"])]
+        marked: list[str] = []
+        for row in orphans:
+            now = time.time()
+            with self._write() as db:
+                current = db.execute("SELECT state, last_seq, created FROM runs WHERE id = ?", (row["id"],))
+                state = current.fetchone()
+                if state is None or state["state"] != "running":
+                    continue  # another engine got there first
+                db.execute(
+                    "UPDATE runs SET state = 'failed', message = ?, finished = ?, duration = ? WHERE id = ?",
+                    (ORPHAN_MESSAGE, now, now - state["created"], row["id"]),
+                )
+                db.execute(
+                    "UPDATE steps SET state = 'failed', message = ?, finished = ? "
+                    "WHERE run_id = ? AND state = 'running'",
+                    (ORPHAN_MESSAGE, now, row["id"]),
+                )
+                db.execute(
+                    "UPDATE attempts SET state = 'failed', message = ?, finished = ? "
+                    "WHERE run_id = ? AND state = 'running'",
+                    (ORPHAN_MESSAGE, now, row["id"]),
+                )
+                db.execute(
+                    "UPDATE steps SET state = 'cancelled'"
+                    " WHERE run_id = ? AND state IN ('pending', 'queued')",
+                    (row["id"],),
+                )
+                seq = state["last_seq"] + 1
+                event = Event(
+                    row["id"], seq, "run_finished", time=now, state="failed", message=ORPHAN_MESSAGE
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
+                    (row["id"], seq, event.type, None, now, _json(event.to_json())),
+                )
+                db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, row["id"]))
+            marked.append(row["id"])
+        return marked
+
+    # ------------------------------------------------------------------ reading
+
+    def cancel_requested(self, run_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def resolve(self, run_id: str) -> str:
+        """A full run id from an id or a unique prefix of one; CellpipeError otherwise."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE id = ?"
+                " UNION SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' LIMIT 3",
+                (run_id, run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"),
+            ).fetchall()
+        ids = [row[0] for row in rows]
+        if run_id in ids:
+            return run_id
+        if len(ids) == 1:
+            return str(ids[0])
+        if not ids:
+            raise CellpipeError(f"no run {run_id!r} in {self.path}")
+        raise CellpipeError(f"run id {run_id!r} is ambiguous: {', '.join(ids)}, ...")
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """A run with its steps; `run_id` may be a unique prefix. CellpipeError if there is none."""
+        full = self.resolve(run_id)
+        with self._read() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (full,)).fetchone()
+            return self._run(db, row)
+
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        """The newest runs first, with their steps."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [self._run(db, row) for row in rows]
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        """A run's events after sequence number `after` (log lines excluded), in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after)
+            ).fetchall()
+        return [Event.from_json(json.loads(row[0])) for row in rows]
+
+    def step_succeeded_outputs(self, run_id: str) -> dict[str, StepOutcome]:
+        """Steps of `run_id` that succeeded or were cached: what `--resume` reuses."""
+        run = self.get_run(run_id)
+        return {
+            step.name: StepOutcome(
+                dict(step.outputs), dict(step.metrics), step.folder, step.log_path, step.cache_key
+            )
+            for step in run.steps
+            if step.state in ("succeeded", "cached")
+        }
+
+    @staticmethod
+    def _run(db: sqlite3.Connection, row: sqlite3.Row) -> RunRecord:
+        run_id = row["id"]
+        metrics: dict[str, dict[str, float]] = {}
+        for m in db.execute(
+            "SELECT step, name, value FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ):
+            metrics.setdefault(m["step"], {})[m["name"]] = m["value"]
+        attempts: dict[str, list[AttemptRecord]] = {}
+        for a in db.execute("SELECT * FROM attempts WHERE run_id = ? ORDER BY step, attempt", (run_id,)):
+            attempts.setdefault(a["step"], []).append(
+                AttemptRecord(
+                    a["attempt"],
+                    a["state"],
+                    a["started"],
+                    a["finished"],
+                    a["duration"],
+                    a["exit_code"],
+                    a["message"],
+                    a["pid"],
+                )
+            )
+        steps = tuple(
+            StepRecord(
+                name=s["name"],
+                state=s["state"],
+                attempt=s["attempt"],
+                queued=s["queued"],
+                started=s["started"],
+                finished=s["finished"],
+                duration=s["duration"],
+                exit_code=s["exit_code"],
+                message=s["message"],
+                folder=s["folder"],
+                log_path=s["log_path"],
+                outputs=json.loads(s["outputs"] or "{}"),
+                cache_key=s["cache_key"],
+                cached_from=s["cached_from"],
+                metrics=metrics.get(s["name"], {}),
+                attempts=tuple(attempts.get(s["name"], ())),
+            )
+            for s in db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
+        )
+        return RunRecord(
+            id=run_id,
+            pipeline=row["pipeline"],
+            notebook=row["notebook"],
+            engine=row["engine"],
+            state=row["state"],
+            message=row["message"],
+            created=row["created"],
+            started=row["started"],
+            finished=row["finished"],
+            duration=row["duration"],
+            parameters=json.loads(row["parameters"]),
+            folder=row["folder"],
+            remote_id=row["remote_id"],
+            pid=row["pid"],
+            host=row["host"],
+            resumed_from=row["resumed_from"],
+            cancel_requested=bool(row["cancel_requested"]),
+            steps=steps,
+        )
+
+
+# ---------------------------------------------------------------------- event folds
+
+
+def _data(event: Event) -> dict[str, Any]:
+    return event.data or {}
+
+
+def _fold_run_started(db: sqlite3.Connection, event: Event) -> None:
+    data = _data(event)
+    db.execute(
+        "UPDATE runs SET state = 'running', started = ?, folder = COALESCE(?, folder),"
+        " pipeline = COALESCE(?, pipeline), engine = COALESCE(?, engine) WHERE id = ?",
+        (event.time, data.get("run_folder"), data.get("pipeline"), data.get("engine"), event.run_id),
+    )
+    RunStore._add_steps(db, event.run_id, list(data.get("steps", [])))
+
+
+def _fold_step_queued(db: sqlite3.Connection, event: Event) -> None:
+    db.execute(
+        "UPDATE steps SET queued = ? WHERE run_id = ? AND name = ?", (event.time, event.run_id, event.step)
+    )
+
+
+def _fold_step_started(db: sqlite3.Connection, event: Event) -> None:
+    data = _data(event)
+    db.execute(
+        "UPDATE steps SET attempt = ?, started = ?, finished = NULL, duration = NULL, exit_code = NULL,"
+        " message = NULL, folder = COALESCE(?, folder), log_path = COALESCE(?, log_path)"
+        " WHERE run_id = ? AND name = ?",
+        (event.attempt, event.time, data.get("folder"), data.get("log"), event.run_id, event.step),
+    )
+    db.execute(
+        "INSERT OR REPLACE INTO attempts (run_id, step, attempt, state, started, pid) VALUES (?,?,?,?,?,?)",
+        (event.run_id, event.step, event.attempt or 1, "running", event.time, data.get("pid")),
+    )
+
+
+def _end_attempt(db: sqlite3.Connection, event: Event, state: str) -> None:
+    db.execute(
+        "UPDATE attempts SET state = ?, finished = ?, duration = ?, exit_code = ?, message = ?"
+        " WHERE run_id = ? AND step = ?"
+        " AND attempt = (SELECT attempt FROM steps WHERE run_id = ? AND name = ?)",
+        (
+            state,
+            event.time,
+            event.duration,
+            event.exit_code,
+            event.message,
+            event.run_id,
+            event.step,
+            event.run_id,
+            event.step,
+        ),
+    )
+
+
+def _fold_step_retrying(db: sqlite3.Connection, event: Event) -> None:
+    _end_attempt(db, event, "failed")
+    db.execute(
+        "UPDATE steps SET message = ?, exit_code = ? WHERE run_id = ? AND name = ?",
+        (event.message, event.exit_code, event.run_id, event.step),
+    )
+
+
+def _fold_step_end(db: sqlite3.Connection, event: Event) -> None:
+    data = _data(event)
+    state = STEP_STATE_AFTER[event.type]
+    _end_attempt(db, event, state)
+    outputs = data.get("outputs")
+    db.execute(
+        "UPDATE steps SET finished = ?, duration = ?, exit_code = ?, message = ?,"
+        " outputs = COALESCE(?, outputs), cache_key = COALESCE(?, cache_key), folder = COALESCE(?, folder),"
+        " log_path = COALESCE(?, log_path), cached_from = COALESCE(?, cached_from)"
+        " WHERE run_id = ? AND name = ?",
+        (
+            event.time,
+            event.duration,
+            event.exit_code,
+            event.message,
+            None if outputs is None else _json(outputs),
+            data.get("cache_key"),
+            data.get("folder"),
+            data.get("log"),
+            data.get("from_run"),
+            event.run_id,
+            event.step,
+        ),
+    )
+
+
+def _fold_metrics(db: sqlite3.Connection, event: Event) -> None:
+    for name, value in (event.metrics or {}).items():
+        db.execute(
+            "INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?,?,?,?)",
+            (event.run_id, event.step or "", name, float(value)),
+        )
+
+
+def _fold_run_finished(db: sqlite3.Connection, event: Event) -> None:
+    db.execute(
+        "UPDATE runs SET state = ?, message = ?, finished = ?, duration = ? WHERE id = ?",
+        (event.state, event.message, event.time, event.duration, event.run_id),
+    )
+    if event.state == "cancelled":
+        final = tuple(FINAL_STEP_STATES)
+        marks = ",".join("?" * len(final))
+        db.execute(
+            f"UPDATE steps SET state = 'cancelled' WHERE run_id = ? AND state NOT IN ({marks})",
+            (event.run_id, *final),
+        )
+        db.execute(
+            "UPDATE attempts SET state = 'cancelled', finished = ? WHERE run_id = ? AND state = 'running'",
+            (event.time, event.run_id),
+        )
+
+
+_FOLDS: dict[str, Callable[[sqlite3.Connection, Event], None]] = {
+    "run_started": _fold_run_started,
+    "step_queued": _fold_step_queued,
+    "step_started": _fold_step_started,
+    "step_retrying": _fold_step_retrying,
+    "step_succeeded": _fold_step_end,
+    "step_failed": _fold_step_end,
+    "step_cached": _fold_step_end,
+    "step_skipped": _fold_step_end,
+    "metrics": _fold_metrics,
+    "run_finished": _fold_run_finished,
+}
