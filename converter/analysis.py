@@ -550,7 +550,7 @@ class _CellAnalyzer:
         finally:
             self._frame = outer
 
-    def _read(self, name: str, frame: _Frame | None = None) -> None:
+    def _read(self, name: str, frame: _Frame | None = None, weak: bool = False) -> None:
         if name == "get_ipython":
             self.uses_ipython = True
         frame = frame or self._frame
@@ -569,7 +569,7 @@ class _CellAnalyzer:
         state = self._state
         if name in state.definite or name in BUILTIN_NAMES:
             return
-        if self._weak or name in state.maybe or self._carried(name):
+        if weak or self._weak or name in state.maybe or self._carried(name):
             self.weak_reads.add(name)
         else:
             self.strong_reads.add(name)
@@ -585,9 +585,12 @@ class _CellAnalyzer:
         return self._branch > self._loops[-1].level or self._conditional > 0
 
     def _apply(self, info: _FunctionInfo, frame: _ModuleFrame | _FunctionFrame) -> None:
-        """A function body runs here: at a call in module code, or where a comprehension is."""
+        """A function body runs here: at a call in module code, or where a comprehension is.
+
+        Globals the function binds itself may be bound before it reads them: those reads are weak.
+        """
         for name in sorted(info.reads):
-            self._read(name, frame)
+            self._read(name, frame, weak=name in info.assigns)
         for name in info.mutates:
             self._mutate(name, frame)
         for name in info.assigns:
@@ -1348,7 +1351,7 @@ def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
         if info is not None and name not in expanded:
             expanded.add(name)
             for inner in sorted(info.reads):
-                read(inner, is_weak or inner in cell.assigns, cell, expanded)
+                read(inner, is_weak or inner in cell.assigns or inner in info.assigns, cell, expanded)
             mutates.update(m for m in info.mutates if m not in definite)
             maybe.update(info.assigns)
         if name in definite or name in BUILTIN_NAMES:
