@@ -202,25 +202,30 @@ def run_cancellable(
     "cancelled" with its state saved and no step process left behind.
     """
     outcome: dict[str, Any] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["result"] = engine.run(request, sinks)
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="cellpipe-engine", daemon=True)
     with _sigterm_as_interrupt():
         worker.start()
         cancelled = False
-        while worker.is_alive():
-            try:
-                worker.join(0.2)
+        while True:
+            try:  # Event.wait, not Thread.join: an interrupt inside join can leave the thread state wrong
+                if done.wait(0.2):
+                    break
             except KeyboardInterrupt:
                 if not cancelled:
                     cancelled = True
                     on_cancel()
                     engine.cancel()
+    worker.join()
     if "error" in outcome:
         raise outcome["error"]
     result: RunResult = outcome["result"]
@@ -385,7 +390,7 @@ def _runs_list(store: RunStore, args: argparse.Namespace) -> int:
         return EXIT_OK
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("run", "pipeline", "state", "started", "time", "steps", "engine"):
-        table.add_column(column, justify="right" if column == "time" else "left")
+        table.add_column(column, justify="right" if column == "time" else "left", no_wrap=column == "run")
     for run in runs:
         done = sum(1 for s in run.steps if s.state in ("succeeded", "cached"))
         table.add_row(
@@ -408,7 +413,7 @@ def _runs_show(store: RunStore, args: argparse.Namespace) -> int:
         return EXIT_OK
     console = _console()
     console.print(f"run {run.id}: {run.pipeline} ({run.notebook}), {run.engine} engine", soft_wrap=True)
-    state = f"{run.state}" + (f": {run.message}" if run.message else "")
+    state = run.state + (f": {run.message}" if run.message and run.message != run.state else "")
     started = _when(run.started or run.created)
     console.print(f"state: {state}; started {started}, took {_seconds(run.duration)}", soft_wrap=True)
     if run.parameters:
@@ -501,7 +506,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    """Full lines when piped (grep, CI logs): rich would otherwise fit tables into 80 columns."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 # ---------------------------------------------------------------- argument parsers

@@ -192,3 +192,191 @@ def test_kfp_engine_is_a_clear_user_error_until_it_exists(
     notebook = _sample(tmp_path, "plain_untagged.ipynb")
     assert main(["run", str(notebook), "--engine", "kfp"]) == 2
     assert "not available yet" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- real runs
+
+FAILING = (
+    ("n = 3", ["parameters"]),
+    ("x = n * 2\nprint('x is', x)", ["step:make"]),
+    ("print('about to fail')\ny = x / 0", ["step:divide"]),
+    ("print(y)", ["step:show"]),
+    ("z = x + 1\nz", ["step:side"]),
+)
+
+
+def _events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_sample_notebook_runs_with_outputs_junit_and_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebook = _sample(tmp_path, "sklearn_tabular.ipynb")
+    out, report = tmp_path / "out" / "executed.ipynb", tmp_path / "junit.xml"
+    code = main(
+        [
+            "run",
+            str(notebook),
+            "-p",
+            "max_iter",
+            "300",
+            "-o",
+            str(out),
+            "--junit",
+            str(report),
+            "--json-events",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    events = _events(captured.out)  # every stdout line is an event: nothing else is printed there
+    assert events[0]["type"] == "run_started" and events[-1] == {
+        **events[-1],
+        "type": "run_finished",
+        "state": "succeeded",
+    }
+    metrics = {k: v for e in events if e["type"] == "metrics" for k, v in e["metrics"].items()}
+    assert set(metrics) == {"accuracy", "f1", "roc_auc"} and metrics["accuracy"] > 0.9
+
+    nb = nbformat.read(out, as_version=4)
+    nbformat.validate(nb)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and injected[0].source == "# Parameters\nmax_iter = 300\n"
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "569 samples, 30 features" in printed and "train accuracy" in printed
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code" and c.execution_count]
+    assert counts == list(range(1, len(counts) + 1))
+    assert nb.metadata.papermill["parameters"] == {"max_iter": 300}
+
+    cases = ET.parse(report).getroot().findall("./testsuite/testcase")
+    assert [c.get("name") for c in cases] == ["load_data", "preprocess", "train", "evaluate"]
+    assert all(c.find("failure") is None and c.find("skipped") is None for c in cases)
+
+
+def test_failing_step_exits_1_skips_downstream_and_marks_the_cell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebook = _notebook(tmp_path / "nb" / "fail.ipynb", *FAILING)
+    out, report = tmp_path / "out.ipynb", tmp_path / "junit.xml"
+    assert main(["run", str(notebook), "-o", str(out), "--junit", str(report), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # quiet: a failed run's summary and errors go to stderr
+    assert "step divide failed: cell 2 raised ZeroDivisionError" in captured.err
+    assert "divide | about to fail" in captured.err  # the log tail comes with it
+
+    cases = {c.get("name"): c for c in ET.parse(report).getroot().iter("testcase")}
+    failure = cases["divide"].find("failure")
+    assert failure is not None and "ZeroDivisionError" in (failure.text or "")
+    assert cases["show"].find("skipped") is not None
+    assert cases["side"].find("failure") is None and cases["side"].find("skipped") is None
+
+    nb = nbformat.read(out, as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert "papermill-error-cell-tag" in tags[0]
+    failing = next(i for i, c in enumerate(nb.cells) if "step:divide" in c.metadata.get("tags", []))
+    assert "papermill-error-cell-tag" in tags[failing - 1]  # the anchor right before the failing cell
+    assert f"In [{nb.cells[failing].execution_count}]" in nb.cells[0].source
+    assert nb.cells[failing].outputs[-1]["ename"] == "ZeroDivisionError"
+    shown = next(c for c in nb.cells if "step:show" in c.metadata.get("tags", []))
+    assert shown.execution_count is None and shown.metadata.papermill["status"] == "pending"
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    good = _notebook(tmp_path / "nb" / "good.ipynb", ("print('hello')", []))
+    bad = _notebook(tmp_path / "nb" / "fail.ipynb", *FAILING)
+    done = _cellpipe("run", str(good))
+    assert done.returncode == 0, done.stderr
+    assert "hello" in done.stdout and "succeeded" in done.stdout
+    assert _cellpipe("run", str(bad), "--quiet").returncode == 1
+    invalid = _cellpipe("run", str(bad), "-p", "n", "three")
+    assert invalid.returncode == 2 and "Traceback" not in invalid.stderr
+    missing = _cellpipe("run", str(tmp_path / "nope.ipynb"))
+    assert missing.returncode == 2 and "no such notebook" in missing.stderr
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [*_cli_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env
+    )
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str) -> str:
+    """Read the process's stdout until a line containing `needle` (the step is really running)."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        if needle in line:
+            return line
+    raise AssertionError(
+        f"never printed {needle!r}; stderr: {process.stderr.read() if process.stderr else ''}"
+    )
+
+
+SLOW = (
+    ("import time", ["imports"]),
+    ("for i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\nx = 1", ["step:slow"]),
+    ("print(x)", ["step:after"]),
+)
+
+
+def test_ctrl_c_cancels_cleanly_with_exit_130(tmp_path: Path) -> None:
+    notebook = _notebook(tmp_path / "nb" / "slow.ipynb", *SLOW)
+    process = _start("run", str(notebook), "--json-events", cwd=tmp_path)
+    try:
+        run_id = json.loads(_wait_for_line(process, '"tick 3"'))["run_id"]
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert _events(out)[-1]["type"] == "run_finished" and _events(out)[-1]["state"] == "cancelled"
+    shown = json.loads(_cellpipe("runs", "show", run_id, "--json").stdout)
+    assert shown["state"] == "cancelled"
+    assert {s["name"]: s["state"] for s in shown["steps"]} == {"slow": "cancelled", "after": "cancelled"}
+
+
+def test_runs_cancel_and_logs_follow_a_running_run(tmp_path: Path) -> None:
+    notebook = _notebook(tmp_path / "nb" / "slow.ipynb", *SLOW)
+    process = _start("run", str(notebook), "--json-events", cwd=tmp_path)
+    try:
+        run_id = json.loads(_wait_for_line(process, '"tick 2"'))["run_id"]
+        follower = _start("runs", "logs", run_id, "slow", "--follow", cwd=tmp_path)
+        _wait_for_line(follower, "tick 5")  # it streams while the step runs
+        cancel = _cellpipe("runs", "cancel", run_id[:15])  # a unique prefix is enough
+        assert cancel.returncode == 0 and run_id in cancel.stdout
+        assert process.wait(timeout=30) == 130
+        rest, _ = follower.communicate(timeout=30)  # --follow ends by itself when the run is over
+        assert follower.returncode == 0
+    finally:
+        process.kill()
+    assert "tick 6" in rest
+    again = _cellpipe("runs", "cancel", run_id)
+    assert again.returncode == 1 and "not running" in again.stderr
+
+
+def test_runs_list_show_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notebook = _notebook(tmp_path / "nb" / "fail.ipynb", *FAILING)
+    assert main(["run", str(notebook), "--quiet"]) == 1
+    capsys.readouterr()
+    assert main(["runs", "list", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert len(runs) == 1 and runs[0]["state"] == "failed"
+    run_id = runs[0]["id"]
+
+    assert main(["runs", "list"]) == 0
+    assert run_id in capsys.readouterr().out  # the whole id, never cut to fit
+
+    assert main(["runs", "show", run_id]) == 0
+    shown = capsys.readouterr().out
+    assert "divide" in shown and "ZeroDivisionError" in shown and "upstream step 'divide' failed" in shown
+
+    assert main(["runs", "logs", run_id, "make"]) == 0
+    assert capsys.readouterr().out == "x is 6\n"
+    assert main(["runs", "logs", run_id]) == 0
+    every = capsys.readouterr().out
+    assert "make | x is 6" in every and "divide | about to fail" in every
+    assert main(["runs", "logs", run_id, "nope"]) == 2
+    assert "has no step 'nope'" in capsys.readouterr().err
+    assert main(["runs", "show", "no-such-run"]) == 2
