@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands defined in other modules (run, runs, schedule) add their sub-parsers here.
-_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
