@@ -16,7 +16,6 @@ from typing import Any
 import nbformat
 from papermill.engines import Engine, NotebookExecutionManager
 
-from converter import executed_notebook
 from converter.engines.base import RunRequest
 from converter.errors import InvalidNotebook
 from converter.events import Event
@@ -29,6 +28,7 @@ class CellpipeEngine(Engine):
     def execute_managed_notebook(
         cls, nb_man: NotebookExecutionManager, kernel_name: str | None, **kwargs: Any
     ) -> nbformat.NotebookNode:
+        from converter import executed_notebook  # not at import: papermill loads this module mid-import
         from converter.cli_run import failure_messages, make_engine, run_cancellable, step_folders
         from converter.progress import Progress
         from converter.reader import check_node
@@ -75,9 +75,12 @@ class CellpipeEngine(Engine):
             failures=failure_messages(events),
         )
         # papermill adds its own error markers after we return.
-        nb.cells = [c for c in done.cells if not _tagged(c, executed_notebook.ERROR_MARKER_TAG)]
+        nb.cells = [c for c in done.cells if not _tagged(c, _ERROR_MARKER_TAG)]
         nb_man.nb = nb
         return nb
+
+
+_INJECTED_TAG, _ERROR_MARKER_TAG = "injected-parameters", "papermill-error-cell-tag"
 
 
 def _tagged(cell: nbformat.NotebookNode, tag: str) -> bool:
@@ -87,5 +90,5 @@ def _tagged(cell: nbformat.NotebookNode, tag: str) -> bool:
 def _without_injected_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook as its author wrote it: parameters travel as pipeline parameters, not code."""
     copy = nbformat.from_dict(nb)
-    copy.cells = [c for c in copy.cells if not _tagged(c, executed_notebook.INJECTED_TAG)]
+    copy.cells = [c for c in copy.cells if not _tagged(c, _INJECTED_TAG)]
     return copy
