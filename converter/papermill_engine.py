@@ -77,6 +77,9 @@ class CellpipeEngine(Engine):
         # papermill adds its own error markers after we return.
         nb.cells = [c for c in done.cells if not _tagged(c, _ERROR_MARKER_TAG)]
         nb_man.nb = nb
+        for index, cell in enumerate(nb.cells):
+            if cell.metadata.get("papermill", {}).get("status") == "failed":
+                nb_man.cell_exception(cell, cell_index=index)  # papermill's own bookkeeping of a failure
         return nb
 
 

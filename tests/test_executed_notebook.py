@@ -250,3 +250,47 @@ def test_read_step_outputs_skips_missing_and_broken(tmp_path: Path) -> None:
     (tmp_path / "second" / "cell_outputs.json").write_text("{not json")
     folders = {name: tmp_path / name for name in ("first", "second", "never_ran")}
     assert executed_notebook.read_step_outputs(folders) == {"first": _outputs(False)["first"]}
+
+
+def test_a_step_that_died_outside_its_cells_still_fails_a_cell(tmp_path: Path) -> None:
+    """Killed or timed out mid-step (no error output of its own): the cell it was running is blamed."""
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(_notebook(False), path)
+    outputs = _outputs(False)
+    outputs["second"] = {**outputs["second"], "cells": outputs["second"]["cells"][:1], "status": "error"}
+    nb = executed_notebook.build(
+        nbformat.read(path, as_version=4),
+        _pipeline(path),
+        outputs,
+        parameters={},
+        input_path=str(path),
+        output_path="out.ipynb",
+        start_time=0.0,
+        end_time=1.0,
+        failures={"second": "timed out after 90s"},
+    )
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[3].outputs[0]["data"]["text/plain"] == "31"  # ran before the step died
+    blamed = code[4]
+    assert blamed.metadata.papermill["status"] == "failed"
+    assert (
+        blamed.outputs[-1]["ename"] == "StepFailed" and blamed.outputs[-1]["evalue"] == "timed out after 90s"
+    )
+    assert MARKER in nb.cells[0].metadata["tags"] and f"In [{blamed.execution_count}]" in nb.cells[0].source
+    assert code[5].metadata.papermill["status"] == "pending"
+    nbformat.validate(nb)
+
+    # A step that never wrote anything (killed at start-up) is blamed on its first cell.
+    nb = executed_notebook.build(
+        nbformat.read(path, as_version=4),
+        _pipeline(path),
+        {"first": outputs["first"]},
+        parameters={},
+        input_path=str(path),
+        output_path="out.ipynb",
+        start_time=0.0,
+        end_time=1.0,
+        failures={"second": "killed by SIGKILL (out of memory?)"},
+    )
+    first_of_second = [c for c in nb.cells if c.cell_type == "code"][3]
+    assert first_of_second.outputs[0]["evalue"] == "killed by SIGKILL (out of memory?)"
