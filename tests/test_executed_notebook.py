@@ -270,14 +270,14 @@ def test_a_step_that_died_outside_its_cells_still_fails_a_cell(tmp_path: Path) -
         failures={"second": "timed out after 90s"},
     )
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code[3].outputs[0]["data"]["text/plain"] == "31"  # ran before the step died
-    blamed = code[4]
+    assert code[2].outputs[0]["data"]["text/plain"] == "31"  # ran before the step died
+    blamed = code[3]
     assert blamed.metadata.papermill["status"] == "failed"
     assert (
         blamed.outputs[-1]["ename"] == "StepFailed" and blamed.outputs[-1]["evalue"] == "timed out after 90s"
     )
     assert MARKER in nb.cells[0].metadata["tags"] and f"In [{blamed.execution_count}]" in nb.cells[0].source
-    assert code[5].metadata.papermill["status"] == "pending"
+    assert code[4].metadata.papermill["status"] == "pending"
     nbformat.validate(nb)
 
     # A step that never wrote anything (killed at start-up) is blamed on its first cell.
@@ -292,5 +292,5 @@ def test_a_step_that_died_outside_its_cells_still_fails_a_cell(tmp_path: Path) -
         end_time=1.0,
         failures={"second": "killed by SIGKILL (out of memory?)"},
     )
-    first_of_second = [c for c in nb.cells if c.cell_type == "code"][3]
+    first_of_second = [c for c in nb.cells if c.cell_type == "code"][2]
     assert first_of_second.outputs[0]["evalue"] == "killed by SIGKILL (out of memory?)"
