@@ -309,7 +309,7 @@ def measure(tmp: Path) -> list[Figure]:
     print("(c) diamond DAG, two 2 s steps in the middle ...", flush=True)
     diamond = diamond_notebook(work)
     parallel = best_of(REPEAT, lambda: engine_run(diamond, tmp)[0])
-    sequential = best_of(1, lambda: engine_run(diamond, tmp, max_parallel=1)[0])
+    sequential = best_of(REPEAT, lambda: engine_run(diamond, tmp, max_parallel=1)[0])
     print(f"    parallel {parallel:.2f}s, --max-parallel 1 {sequential:.2f}s", flush=True)
     figures.append(Figure("(c) diamond: sequential / parallel", sequential / parallel, "x", 1.8, True))
 
@@ -320,12 +320,14 @@ def measure(tmp: Path) -> list[Figure]:
 
     print("(e) 200 MB array and 1M-row DataFrame between two steps ...", flush=True)
     transfer = transfer_notebook(work)
-    _, metrics = engine_run(transfer, tmp)
-    array_rate = metrics["array_mb"] / metrics["array_seconds"]
-    frame_rate = metrics["frame_mb"] / metrics["frame_seconds"]
+    runs = [engine_run(transfer, tmp)[1] for _ in range(REPEAT)]
+    array = max(runs, key=lambda m: m["array_mb"] / m["array_seconds"])
+    frame = max(runs, key=lambda m: m["frame_mb"] / m["frame_seconds"])
+    array_rate = array["array_mb"] / array["array_seconds"]
+    frame_rate = frame["frame_mb"] / frame["frame_seconds"]
     print(
-        f"    array {metrics['array_mb']:.0f} MB in {metrics['array_seconds']:.2f}s, "
-        f"frame {metrics['frame_mb']:.0f} MB in {metrics['frame_seconds']:.2f}s",
+        f"    array {array['array_mb']:.0f} MB in {array['array_seconds']:.2f}s, "
+        f"frame {frame['frame_mb']:.0f} MB in {frame['frame_seconds']:.2f}s",
         flush=True,
     )
     figures.append(Figure("(e) 200 MB numpy array between steps", array_rate, "MB/s", 300, True))
