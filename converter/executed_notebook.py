@@ -159,7 +159,12 @@ def _blame(
     cells = pipeline.step(step).cells
     finished = {c["index"] for c in (result or {}).get("cells", [])}
     index = next((c.index for c in cells if c.index not in finished), cells[-1].index)
-    error = {"output_type": "error", "ename": "StepFailed", "evalue": why, "traceback": [f"StepFailed: {why}"]}
+    error = {
+        "output_type": "error",
+        "ename": "StepFailed",
+        "evalue": why,
+        "traceback": [f"StepFailed: {why}"],
+    }
     record = ran.setdefault(index, {"outputs": [], "seconds": None})
     record["outputs"] = [*record["outputs"], error]
     record["failed"] = True
