@@ -378,3 +378,31 @@ def test_runs_list_show_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["runs", "logs", run_id, "nope"]) == 2
     assert "has no step 'nope'" in capsys.readouterr().err
     assert main(["runs", "show", "no-such-run"]) == 2
+
+
+def test_resume_reruns_only_what_failed_and_cached_steps_keep_their_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebook = _notebook(
+        tmp_path / "nb" / "flaky.ipynb",
+        ("import pathlib", ["imports"]),
+        ("print('expensive work')\nvalue = 41", ["step:first"]),
+        (
+            "assert pathlib.Path('ready.txt').exists(), 'not ready'\nresult = value + 1\nprint(result)",
+            ["step:second"],
+        ),
+    )
+    assert main(["run", str(notebook), "--quiet", "--no-cache"]) == 1
+    capsys.readouterr()
+    assert main(["runs", "list", "--json"]) == 0
+    failed_run = json.loads(capsys.readouterr().out)[0]["id"]
+
+    (notebook.parent / "ready.txt").write_text("yes")
+    out = tmp_path / "resumed.ipynb"
+    assert main(["run", str(notebook), "--resume", failed_run, "--json-events", "-o", str(out)]) == 0
+    events = _events(capsys.readouterr().out)
+    started = [e["step"] for e in events if e["type"] == "step_started"]
+    assert started == ["second"]  # first is reused, not run again
+    # The executed notebook still shows what the reused step printed, from the run that computed it.
+    printed = ["".join(o.get("text", "") for o in c.outputs) for c in nbformat.read(out, as_version=4).cells]
+    assert printed[1:] == ["expensive work\n", "42\n"]
