@@ -177,12 +177,12 @@ def _finite(value: object) -> bool:
 # ---------------------------------------------------------------- engines
 
 
-def make_engine(name: str, max_parallel: int | None) -> Engine:
+def make_engine(name: str, max_parallel: int | None, fit_resources: bool = False) -> Engine:
     """The local engine is built in; others come through the `cellpipe.engines` entry points."""
     if name == "local":
         from converter.engines.local import LocalEngine
 
-        return LocalEngine(max_parallel=max_parallel)
+        return LocalEngine(max_parallel=max_parallel, fit_resources=fit_resources)
     if name == "kfp" and importlib.util.find_spec("converter.engines.kfp") is None:
         raise CellpipeError("the kfp engine is not available yet: run with --engine local (the default)")
     from converter.engines import get_engine
@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     parameters = parameter_values(pipeline, args.parameter or [], args.parameters_file or [])
     if args.max_parallel is not None and args.max_parallel < 1:
         raise CellpipeError("--max-parallel must be at least 1")
-    engine = make_engine(args.engine, args.max_parallel)
+    engine = make_engine(args.engine, args.max_parallel, args.fit_resources)
     mode = choose_mode(args.quiet, args.json_events, sys.stdout)
     if not args.quiet:
         for warning in pipeline.warnings:
@@ -538,6 +538,12 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached result")
     p.add_argument("--resume", metavar="RUN", help="re-run only what failed or never ran in run RUN")
     p.add_argument("--max-parallel", type=int, metavar="N", help="run at most N steps at once")
+    p.add_argument(
+        "--fit-resources",
+        action="store_true",
+        help="local engine: shrink CPU/memory requests to this machine and run GPU steps on the CPU "
+        "instead of refusing the run",
+    )
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report, one test case per step")
     p.add_argument("--json-events", action="store_true", help="one JSON event per line on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary line and errors")

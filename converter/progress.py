@@ -105,8 +105,8 @@ class Progress:
         if live is not None:
             live.stop()  # outside the lock: its refresh thread takes the lock to render
         with self._lock:
-            if self.mode == "json":
-                return
+            if self.mode == "json" or not self.run_id:
+                return  # JSON: events only; no run_started: the engine refused the run and says why
             if self.mode in ("live", "plain"):
                 self._console.print(self._table(final=True))
             self._print_failures()

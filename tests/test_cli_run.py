@@ -406,3 +406,15 @@ def test_resume_reruns_only_what_failed_and_cached_steps_keep_their_outputs(
     # The executed notebook still shows what the reused step printed, from the run that computed it.
     printed = ["".join(o.get("text", "") for o in c.outputs) for c in nbformat.read(out, as_version=4).cells]
     assert printed[1:] == ["expensive work\n", "42\n"]
+
+
+def test_a_run_that_cannot_fit_is_refused_unless_asked_to_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebook = _notebook(tmp_path / "nb" / "big.ipynb", ("x = 1\nprint('ran', x)", ["step:big", "cpu:512"]))
+    assert main(["run", str(notebook)]) == 2
+    captured = capsys.readouterr()
+    assert "512" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # no progress table for a run that never started
+    assert main(["run", str(notebook), "--fit-resources"]) == 0
+    assert "big | ran 1" in capsys.readouterr().out
