@@ -233,7 +233,7 @@ class Progress:
         text = f"run {self.run_id} {self.state or 'ended'}: {len(self.steps)} steps ({parts}) in {took:.1f}s"
         if self.metrics:
             text += "; " + " ".join(f"{k}={_number(v)}" for k, v in sorted(self.metrics.items()))
-        if self.finish_message and self.state != "succeeded":
+        if self.finish_message and self.state != "succeeded" and self.finish_message != self.state:
             text += f" ({self.finish_message})"
         return text
 
