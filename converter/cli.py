@@ -71,7 +71,9 @@ def _compile(args: argparse.Namespace) -> int:
     if args.check:
         stale = stale_files(out, files)
         for name in stale:
-            print(f"{out / name}: out of date (run cellpipe compile {args.notebook} -o {out})", file=sys.stderr)
+            print(
+                f"{out / name}: out of date (run cellpipe compile {args.notebook} -o {out})", file=sys.stderr
+            )
         return EXIT_FAILED if stale else EXIT_OK
     for path in write_atomically(out, files):
         if not args.quiet:
@@ -130,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebook")
     p.add_argument("-o", "--output", default=".", help="output folder (default: current folder)")
     p.add_argument("--build-context", action="store_true", help="also a Dockerfile + requirements per image")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when the folder is out of date")
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when the folder is out of date"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("graph", help="show the pipeline's DAG")

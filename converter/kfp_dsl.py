@@ -7,6 +7,7 @@ with the real KFP compiler, so the YAML we ship is by construction what this DSL
 from __future__ import annotations
 
 import ast
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def render(pipeline: Pipeline) -> str:
     return "".join(
         [
             _header(pipeline),
-            "CELLPIPE_RUNTIME = " + literal(stepcode.runtime_source()) + "\n",
+            "CELLPIPE_RUNTIME = " + literal(stepcode.runtime_source()) + "\n\n\n",
+            inspect.getsource(stepcode.packed),
+            "\n\nSTEP_RUNTIME = packed(CELLPIPE_RUNTIME)\n",
             *(_component(pipeline, step, names[step.name]) for step in pipeline.steps),
             _pipeline_function(pipeline, names),
             _footer(pipeline),
@@ -91,7 +94,7 @@ def _component(pipeline: Pipeline, step: Step, python_name: str) -> str:
     arg_lines = _wrap(args, indent=12)
     return f"""
 
-{_constant(python_name)} = CELLPIPE_RUNTIME + {literal(stepcode.step_tail(pipeline, step))}
+{_constant(python_name)} = STEP_RUNTIME + {literal(stepcode.step_tail(pipeline, step))}
 
 
 @dsl.container_component
@@ -156,7 +159,10 @@ def _task_lines(pipeline: Pipeline, step: Step, python_name: str, variables: dic
     kwargs += [f"{p}={p}" for p in step.parameters]
     yield ""
     yield f"    # step {step.name}"
-    yield f"    {var} = {python_name}({', '.join(kwargs)})"
+    call = f"    {var} = {python_name}({', '.join(kwargs)})"
+    if len(call) > 100:
+        call = f"    {var} = {python_name}(\n" + "".join(f"        {k},\n" for k in kwargs) + "    )"
+    yield call
     if stepcode.task_name(python_name) != step.name:
         yield f"    {var}.set_display_name({step.name!r})"
     s = step.settings
@@ -172,7 +178,9 @@ def _task_lines(pipeline: Pipeline, step: Step, python_name: str, variables: dic
     if r.gpu:
         yield f"    {var}.set_accelerator_type({r.gpu_vendor!r}).set_accelerator_limit({r.gpu})"
     if r.gpu_type:
-        key, _, value = r.gpu_type.partition("=") if "=" in r.gpu_type else (GKE_ACCELERATOR_LABEL, "", r.gpu_type)
+        key, _, value = (
+            r.gpu_type.partition("=") if "=" in r.gpu_type else (GKE_ACCELERATOR_LABEL, "", r.gpu_type)
+        )
         yield f"    kubernetes.add_node_selector({var}, label_key={key!r}, label_value={value!r})"
     if s.retries:
         yield f"    {var}.set_retry({s.retries}, {RETRY_BACKOFF})"
@@ -195,7 +203,10 @@ def _task_lines(pipeline: Pipeline, step: Step, python_name: str, variables: dic
     for t in s.tolerations:
         operator = "Equal" if t.value else "Exists"
         value_arg = f", value={t.value!r}" if t.value else ""
-        yield f"    kubernetes.add_toleration({var}, key={t.key!r}, operator={operator!r}{value_arg}, effect={t.effect!r})"
+        yield (
+            f"    kubernetes.add_toleration({var}, key={t.key!r}, operator={operator!r}{value_arg}, "
+            f"effect={t.effect!r})"
+        )
     for key, value in s.labels:
         yield f"    kubernetes.add_pod_label({var}, {key!r}, {value!r})"
     for key, value in s.annotations:
@@ -205,10 +216,10 @@ def _task_lines(pipeline: Pipeline, step: Step, python_name: str, variables: dic
 
 
 def _footer(pipeline: Pipeline) -> str:
-    return f'''
+    return f"""
 
 if __name__ == "__main__":
     from kfp import compiler
 
     compiler.Compiler().compile(pipeline, {pipeline.name + ".yaml"!r})
-'''
+"""

@@ -32,7 +32,12 @@ from converter.model import (
 )
 
 _PARAM_TYPES: Mapping[type, ParameterType] = {
-    bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    list: "list",
+    dict: "dict",
 }
 _SEARCH_COMMENT = re.compile(r"#\s*search:\s*(.+?)\s*$")
 # Names our own step artifacts use; variables with these names travel under another artifact name.
@@ -118,7 +123,7 @@ class _Builder:
         drafts, roles, preamble = self._group(cells)
         parameters = self._parameters(roles.get("parameters", []))
         steps, edges = self._data_flow(drafts, roles, preamble, parameters, meta)
-        if steps is None:
+        if steps is None or edges is None:
             return None
         pipeline = Pipeline(
             name=meta["name"],
@@ -156,7 +161,7 @@ class _Builder:
             settings, other = tags.parse_structured(
                 self.notebook, None, metadata["cellpipe"], self.problems, where="metadata.cellpipe"
             )
-            # At notebook level, image/packages/volumes are pipeline-wide, everything else is an error of place.
+            # At notebook level image, packages and volumes are pipeline-wide; step settings go in defaults.
             for key in ("name", "description", "experiment"):
                 if key in other:
                     meta[key] = str(other[key]) if key != "name" else _pipeline_name(str(other[key]))
@@ -165,7 +170,9 @@ class _Builder:
             meta["packages"] = settings.pop("packages", [])
             meta["volumes"] = settings.pop("volumes", [])
             for key in sorted(settings):
-                self.warn(None, f"metadata.cellpipe.{key}", f"put step settings under 'defaults'; {key!r} ignored")
+                self.warn(
+                    None, f"metadata.cellpipe.{key}", f"put step settings under 'defaults'; {key!r} ignored"
+                )
             if "defaults" in other:
                 defaults, rest = tags.parse_structured(
                     self.notebook, None, other["defaults"], self.problems, where="metadata.cellpipe.defaults"
@@ -196,9 +203,13 @@ class _Builder:
         meta["defaults"] = defaults.settings
         for volume in kale.get("volumes") or []:
             if isinstance(volume, dict) and volume.get("type", "pvc") in ("pvc", "pv") and volume.get("name"):
-                meta["volumes"].append(VolumeMount(str(volume["name"]), str(volume.get("mount_point", "/data"))))
+                meta["volumes"].append(
+                    VolumeMount(str(volume["name"]), str(volume.get("mount_point", "/data")))
+                )
             else:
-                self.warn(None, "metadata.kubeflow_notebook.volumes", f"volume {volume!r} not supported; ignored")
+                self.warn(
+                    None, "metadata.kubeflow_notebook.volumes", f"volume {volume!r} not supported; ignored"
+                )
 
     # -- cells -------------------------------------------------------------------
     def _parse_cells(self) -> list[_Cell]:
@@ -226,8 +237,11 @@ class _Builder:
         settings, other = tags.parse_structured(self.notebook, cell.index, data, self.problems)
         for key in sorted(set(settings) & set(cell.settings)):
             if settings[key] != cell.settings[key]:
-                self.warn(cell.index, f"metadata.cellpipe.{key}",
-                          f"tags and metadata.cellpipe disagree on {key}; metadata.cellpipe wins")
+                self.warn(
+                    cell.index,
+                    f"metadata.cellpipe.{key}",
+                    f"tags and metadata.cellpipe disagree on {key}; metadata.cellpipe wins",
+                )
         cell.structured = settings
         if "step" in other:
             name = str(other["step"])
@@ -235,29 +249,35 @@ class _Builder:
                 self.error(cell.index, "metadata.cellpipe.step", why)
             else:
                 if cell.step is not None and cell.step != name:
-                    self.warn(cell.index, "metadata.cellpipe.step",
-                              f"tags name step {cell.step!r}, metadata.cellpipe says {name!r}; metadata wins")
+                    self.warn(
+                        cell.index,
+                        "metadata.cellpipe.step",
+                        f"tags name step {cell.step!r}, metadata.cellpipe says {name!r}; metadata wins",
+                    )
                 cell.step = name
         if "after" in other:
             after = other["after"]
             names = [after] if isinstance(after, str) else after
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                self.error(cell.index, "metadata.cellpipe.after", "after must be a step name or a list of names")
+                self.error(
+                    cell.index, "metadata.cellpipe.after", "after must be a step name or a list of names"
+                )
             else:
                 cell.after.extend(n for n in names if n not in cell.after)
         if "role" in other:
             role = tags.ROLE_TAGS.get(str(other["role"]))
             if role is None:
-                self.error(cell.index, "metadata.cellpipe.role",
-                           "role must be one of imports, functions, parameters, metrics, skip")
+                self.error(
+                    cell.index,
+                    "metadata.cellpipe.role",
+                    "role must be one of imports, functions, parameters, metrics, skip",
+                )
             else:
                 cell.role = role
         if isinstance(other.get("search"), dict):
             cell.search.update({str(k): str(v) for k, v in other["search"].items()})
 
-    def _group(
-        self, cells: list[_Cell]
-    ) -> tuple[list[_StepDraft], dict[str, list[_Cell]], list[_Cell]]:
+    def _group(self, cells: list[_Cell]) -> tuple[list[_StepDraft], dict[str, list[_Cell]], list[_Cell]]:
         """Assign every cell to a step, a role, or the left-out preamble."""
         roles: dict[str, list[_Cell]] = {}
         drafts: list[_StepDraft] = []
@@ -284,15 +304,21 @@ class _Builder:
                 if existing is not None and existing is current:
                     pass  # a repeated tag on the next cell of the same step: harmless
                 elif existing is not None:
-                    self.error(cell.index, f"step:{t.step}",
-                               f"duplicate step name {t.step!r}: cell {existing.first.index} already starts it "
-                               "(to continue a step, leave the cell untagged or use step: with no name)")
+                    self.error(
+                        cell.index,
+                        f"step:{t.step}",
+                        f"duplicate step name {t.step!r}: cell {existing.first.index} already starts it "
+                        "(to continue a step, leave the cell untagged or use step: with no name)",
+                    )
                     continue
                 elif t.step.replace("_", "-") in {n.replace("_", "-") for n in by_name}:
                     other = next(n for n in by_name if n.replace("_", "-") == t.step.replace("_", "-"))
-                    self.error(cell.index, f"step:{t.step}",
-                               f"step {t.step!r} collides with step {other!r}: KFP sees both as "
-                               f"{t.step.replace('_', '-')!r}")
+                    self.error(
+                        cell.index,
+                        f"step:{t.step}",
+                        f"step {t.step!r} collides with step {other!r}: KFP sees both as "
+                        f"{t.step.replace('_', '-')!r}",
+                    )
                     continue
                 else:
                     current = _StepDraft(t.step, cell, f"step:{t.step}")
@@ -300,10 +326,15 @@ class _Builder:
                     drafts.append(current)
             elif current is None:
                 if t.continues:
-                    self.error(cell.index, "step:", "step: with no name continues a step, but no step is above")
+                    self.error(
+                        cell.index, "step:", "step: with no name continues a step, but no step is above"
+                    )
                 elif cell.source.strip():
-                    self.warn(cell.index, None,
-                              "code before the first step is left out of the pipeline (tag it to include it)")
+                    self.warn(
+                        cell.index,
+                        None,
+                        "code before the first step is left out of the pipeline (tag it to include it)",
+                    )
                 preamble.append(cell)
                 continue
             current.cells.append(cell)
@@ -332,25 +363,38 @@ class _Builder:
             for node in module.body:
                 target, value = _literal_assignment(node)
                 if target is None:
-                    self.error(cell.index, "parameters",
-                               f"line {node.lineno}: a parameters cell holds only NAME = literal assignments")
+                    self.error(
+                        cell.index,
+                        "parameters",
+                        f"line {node.lineno}: a parameters cell holds only NAME = literal assignments",
+                    )
                     continue
                 try:
                     default = ast.literal_eval(value) if value is not None else None
                 except ValueError:
-                    self.error(cell.index, "parameters",
-                               f"{target} = ... is not a literal (int, float, bool, str, list or dict); "
-                               "parameter values travel as KFP parameters, not code")
+                    self.error(
+                        cell.index,
+                        "parameters",
+                        f"{target} = ... is not a literal (int, float, bool, str, list or dict); "
+                        "parameter values travel as KFP parameters, not code",
+                    )
                     continue
                 kind = _PARAM_TYPES.get(type(default))
                 if kind is None:
-                    self.error(cell.index, "parameters",
-                               f"{target} has type {type(default).__name__}; use int, float, bool, str, list or dict")
+                    self.error(
+                        cell.index,
+                        "parameters",
+                        f"{target} has type {type(default).__name__}; "
+                        "use int, float, bool, str, list or dict",
+                    )
                     continue
                 line = lines[node.lineno - 1] if node.lineno - 1 < len(lines) else ""
                 search = _SEARCH_COMMENT.search(line)
                 found[target] = Parameter(
-                    target, kind, default, cell.index,
+                    target,
+                    kind,
+                    default,
+                    cell.index,
                     search=cell.tags.search.get(target) or (search.group(1) if search else None),
                 )
         return tuple(found.values())
@@ -370,19 +414,24 @@ class _Builder:
         functions: dict[str, frozenset[str]] = {}
         for analysis in shared:
             functions.update(analysis.functions)
-        for name, free in sorted(functions.items()):
-            _ = free  # closure checked where a step reads the function
         param_names = {p.name for p in parameters}
         preamble_defs = {n: c.index for c in preamble if c.analysis for n in c.analysis.assigns}
-        opaque_before = [c.index for c in preamble + [c for d in drafts for c in d.cells] if c.analysis and c.analysis.opaque]
+        opaque_before = [
+            c.index
+            for c in preamble + [c for d in drafts for c in d.cells]
+            if c.analysis and c.analysis.opaque
+        ]
         if common and common.reads - BUILTIN_NAMES - common_names:
             for cell in roles.get("imports", []) + roles.get("functions", []):
                 if cell.analysis:
                     missing = sorted(cell.analysis.reads - BUILTIN_NAMES - common_names - param_names)
                     for name in missing:
-                        self.error(cell.index, cell.tags.role,
-                                   f"name {name!r} is not defined (imports and functions cells run first in "
-                                   "every step and can only use each other's names)")
+                        self.error(
+                            cell.index,
+                            cell.tags.role,
+                            f"name {name!r} is not defined (imports and functions cells run first in "
+                            "every step and can only use each other's names)",
+                        )
 
         names = {d.name for d in drafts}
         for draft in drafts:
@@ -422,28 +471,38 @@ class _Builder:
                 reads.update(n for n in fn_free if n not in block.assigns and n not in functions)
             inputs: dict[str, str] = {}
             params: set[str] = set()
-            for name in sorted(reads - BUILTIN_NAMES - common_names):
+            for name in sorted(reads - common_names):
                 if name in definitions:
-                    inputs[name] = definitions[name]
+                    inputs[name] = definitions[name]  # may shadow a builtin, as in the notebook
+                elif name in BUILTIN_NAMES:
+                    continue
                 elif name in param_names:
                     params.add(name)
                 elif name in preamble_defs:
-                    cell = self._reading_cell(draft, name)
-                    self.error(cell, draft.tag,
-                               f"step {draft.name!r} reads {name!r}, which only cell {preamble_defs[name]} defines, "
-                               "and that cell is left out of the pipeline (tag it as a step, imports or functions)")
+                    self.error(
+                        self._reading_cell(draft, name),
+                        draft.tag,
+                        f"step {draft.name!r} reads {name!r}, which only cell {preamble_defs[name]} defines, "
+                        "and that cell is left out of the pipeline (tag it as a step, imports or functions)",
+                    )
+                elif name in block.weak_reads:
+                    continue  # maybe bound by the step itself first, or a shell line's environment variable
                 elif opaque_before and min(opaque_before) <= draft.cells[-1].index:
                     continue  # a %run, exec or star import may define it: cannot tell
                 else:
-                    cell = self._reading_cell(draft, name)
-                    self.error(cell, draft.tag,
-                               f"name {name!r} is not defined before step {draft.name!r} "
-                               "(not a builtin, import, parameter or earlier step's variable)")
+                    self.error(
+                        self._reading_cell(draft, name),
+                        draft.tag,
+                        f"name {name!r} is not defined before step {draft.name!r} "
+                        "(not a builtin, import, parameter or earlier step's variable)",
+                    )
             for name in sorted(block.assigns & param_names):
-                cell = self._assigning_cell(draft, name)
-                self.error(cell, draft.tag,
-                           f"step {draft.name!r} assigns {name!r}, which is a pipeline parameter; parameters are "
-                           "read-only inputs (use another variable name)")
+                self.error(
+                    self._assigning_cell(draft, name),
+                    draft.tag,
+                    f"step {draft.name!r} assigns {name!r}, which is a pipeline parameter; parameters are "
+                    "read-only inputs (use another variable name)",
+                )
             step_inputs[draft.name] = inputs
             step_params[draft.name] = params
             for name in block.assigns - block.imports:
@@ -459,7 +518,7 @@ class _Builder:
             return None, None
 
         outputs: dict[str, set[str]] = {d.name: set() for d in drafts}
-        for consumer, inputs in step_inputs.items():
+        for inputs in step_inputs.values():
             for name, producer in inputs.items():
                 outputs[producer].add(name)
         edges = self._edges(drafts, step_inputs)
@@ -473,8 +532,12 @@ class _Builder:
             settings = tags.to_step_settings(tags.merge([defaults, draft.settings, draft.structured]))
             tags.check_resources(self.notebook, draft.first.index, settings, self.problems)
             block = step_analysis[draft.name]
-            modules = set(block.modules) | {m for c in imports_cells if c.analysis for m in c.analysis.modules}
-            uses_ipython = block.uses_ipython or any(c.analysis.uses_ipython for c in imports_cells if c.analysis)
+            modules = set(block.modules) | {
+                m for c in imports_cells if c.analysis for m in c.analysis.modules
+            }
+            uses_ipython = block.uses_ipython or any(
+                c.analysis.uses_ipython for c in imports_cells if c.analysis
+            )
             steps.append(
                 Step(
                     name=draft.name,
@@ -484,7 +547,9 @@ class _Builder:
                     parameters=tuple(sorted(step_params[draft.name])),
                     metrics=tuple(sorted(metrics_of.get(draft.name, ()))),
                     after=tuple(draft.after),
-                    packages=packaging.requirements(modules, meta["packages"], settings.packages, uses_ipython),
+                    packages=packaging.requirements(
+                        modules, meta["packages"], settings.packages, uses_ipython
+                    ),
                     settings=settings,
                     uses_ipython=uses_ipython,
                     modules=tuple(sorted(modules)),
@@ -496,7 +561,9 @@ class _Builder:
 
     def _reading_cell(self, draft: _StepDraft, name: str) -> int:
         for cell in draft.cells:
-            if cell.analysis and (name in cell.analysis.reads or any(name in f for f in cell.analysis.functions.values())):
+            if cell.analysis and (
+                name in cell.analysis.reads or any(name in f for f in cell.analysis.functions.values())
+            ):
                 return cell.index
         return draft.first.index
 
@@ -521,19 +588,26 @@ class _Builder:
             producers = [d for d in drafts if d.first.index < cell.index]
             for name in sorted(cell.analysis.reads - BUILTIN_NAMES):
                 producer = next(
-                    (d for d in reversed(producers) if name in step_analysis.get(d.name, _EMPTY).assigns), None
+                    (d for d in reversed(producers) if name in step_analysis.get(d.name, _EMPTY).assigns),
+                    None,
                 )
                 if producer is None:
-                    self.error(cell.index, "metrics",
-                               f"metric {name!r} is not assigned by any step before this cell")
+                    self.error(
+                        cell.index, "metrics", f"metric {name!r} is not assigned by any step before this cell"
+                    )
                 else:
                     metrics_of.setdefault(producer.name, set()).add(name)
             if cell.analysis.assigns:
-                self.warn(cell.index, "metrics",
-                          "a metrics cell only names values; its assignments are not run in the pipeline")
+                self.warn(
+                    cell.index,
+                    "metrics",
+                    "a metrics cell only names values; its assignments are not run in the pipeline",
+                )
         return metrics_of
 
-    def _edges(self, drafts: list[_StepDraft], step_inputs: Mapping[str, Mapping[str, str]]) -> tuple[Edge, ...]:
+    def _edges(
+        self, drafts: list[_StepDraft], step_inputs: Mapping[str, Mapping[str, str]]
+    ) -> tuple[Edge, ...]:
         carried: dict[tuple[str, str], set[str]] = {}
         for consumer, inputs in step_inputs.items():
             for name, producer in inputs.items():
@@ -560,8 +634,11 @@ class _Builder:
                 cycle = _find_cycle({d.name: incoming[d.name] for d in remaining})
                 first = min(cycle, key=lambda n: position[n])
                 draft = drafts[position[first]]
-                self.error(draft.first.index, draft.tag,
-                           "dependency cycle: " + " -> ".join([*cycle, cycle[0]]) + " (check the after: tags)")
+                self.error(
+                    draft.first.index,
+                    draft.tag,
+                    "dependency cycle: " + " -> ".join([*cycle, cycle[0]]) + " (check the after: tags)",
+                )
                 return None
             done.append(ready)
             placed.add(ready.name)
@@ -577,19 +654,32 @@ class _Builder:
                 if cell.analysis is None:
                     continue
                 for path in sorted(cell.analysis.paths_read):
-                    if path in written and written[path] != draft.name:
-                        self.warn(cell.index, draft.tag,
-                                  f"step {draft.name!r} reads file {path!r} that step {written[path]!r} writes; on a "
-                                  "cluster, files only travel through a shared volume: declare one in the notebook's "
-                                  "metadata.cellpipe.volumes (or pass the data as a variable)")
+                    writer = written.get(path, draft.name)
+                    if writer != draft.name:
+                        self.warn(
+                            cell.index,
+                            draft.tag,
+                            f"step {draft.name!r} reads file {path!r} that step {writer!r} writes; on a cluster, "
+                            "files only travel through a shared volume: declare one in the notebook's "
+                            "metadata.cellpipe.volumes (or pass the data as a variable)",
+                        )
                 for path in cell.analysis.paths_written:
                     written.setdefault(path, draft.name)
 
 
 _EMPTY = CellAnalysis(
-    python="", reads=frozenset(), assigns=frozenset(), imports=frozenset(), modules=frozenset(),
-    mutates=frozenset(), functions={}, uses_ipython=False, star_imports=frozenset(), opaque=False,
-    paths_written=frozenset(), paths_read=frozenset(),
+    python="",
+    reads=frozenset(),
+    assigns=frozenset(),
+    imports=frozenset(),
+    modules=frozenset(),
+    mutates=frozenset(),
+    functions={},
+    uses_ipython=False,
+    star_imports=frozenset(),
+    opaque=False,
+    paths_written=frozenset(),
+    paths_read=frozenset(),
 )
 
 
@@ -607,7 +697,7 @@ def _find_cycle(incoming: Mapping[str, set[str]]) -> list[str]:
     while node not in path:
         path.append(node)
         node = sorted(p for p in incoming[node] if p in incoming)[0]
-    cycle = path[path.index(node):]
+    cycle = path[path.index(node) :]
     cycle.reverse()
     return cycle
 

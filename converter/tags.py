@@ -47,7 +47,16 @@ ROLE_TAGS: Mapping[str, Role] = {
 }
 
 # Settings that accumulate across tags instead of the last one winning.
-LIST_SETTINGS = ("packages", "env", "secrets", "node_selector", "tolerations", "labels", "annotations", "volumes")
+LIST_SETTINGS = (
+    "packages",
+    "env",
+    "secrets",
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "volumes",
+)
 
 
 @dataclass
@@ -101,8 +110,19 @@ def cpu_cores(text: str) -> float:
 
 
 _MEMORY_FACTORS = {
-    "": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
 }
 
 
@@ -116,7 +136,7 @@ def parse_memory(value: object) -> str | None:
 def memory_bytes(text: str) -> int:
     digits = re.match(r"\d+", text)
     assert digits is not None
-    return int(digits.group()) * _MEMORY_FACTORS[text[digits.end():]]
+    return int(digits.group()) * _MEMORY_FACTORS[text[digits.end() :]]
 
 
 def parse_duration(value: object) -> int | None:
@@ -217,15 +237,40 @@ def _parse_limit(value: str, tag: str, settings: Settings, sink: _Sink) -> None:
 
 
 _SETTING_KEYS = (
-    "cpu", "cpu_limit", "memory", "memory_limit", "gpu", "gpu_vendor", "gpu_type", "image", "packages",
-    "retries", "timeout", "cache", "env", "secret", "secrets", "node_selector", "toleration", "tolerations",
-    "label", "labels", "annotation", "annotations", "volume", "volumes", "report",
+    "cpu",
+    "cpu_limit",
+    "memory",
+    "memory_limit",
+    "gpu",
+    "gpu_vendor",
+    "gpu_type",
+    "image",
+    "packages",
+    "retries",
+    "timeout",
+    "cache",
+    "env",
+    "secret",
+    "secrets",
+    "node_selector",
+    "toleration",
+    "tolerations",
+    "label",
+    "labels",
+    "annotation",
+    "annotations",
+    "volume",
+    "volumes",
+    "report",
 )
 
 
 def _apply_setting(key: str, value: Any, tag: str, settings: Settings, sink: _Sink, from_tag: bool) -> None:
     """Validate one setting and store it under its StepSettings-shaped key."""
-    bad = lambda example: sink.error(tag, f"{tag if from_tag else key}: {value!r} is not valid ({example})")  # noqa: E731
+
+    def bad(expected: str) -> None:
+        sink.error(tag, f"{value!r} is not a valid {key.replace('_', '-')} value (expected {expected})")
+
     if key in ("cpu", "cpu_limit"):
         cpu = parse_cpu(value)
         if cpu is None:
@@ -332,7 +377,10 @@ def _parse_toleration(item: object) -> Toleration | None:
 
 def _parse_volume(item: object) -> VolumeMount | None:
     if isinstance(item, dict):
-        pvc, path = str(item.get("pvc", item.get("name", ""))), str(item.get("mount_path", item.get("path", "")))
+        pvc, path = (
+            str(item.get("pvc", item.get("name", ""))),
+            str(item.get("mount_path", item.get("path", ""))),
+        )
     else:
         pvc, _, path = str(item).partition(":")
     if not _K8S_NAME.match(pvc) or not path.startswith("/"):
@@ -341,7 +389,12 @@ def _parse_volume(item: object) -> VolumeMount | None:
 
 
 def parse_structured(
-    notebook: str, index: int | None, data: object, problems: list[Problem], *, where: str = "metadata.cellpipe"
+    notebook: str,
+    index: int | None,
+    data: object,
+    problems: list[Problem],
+    *,
+    where: str = "metadata.cellpipe",
 ) -> tuple[Settings, dict[str, Any]]:
     """Parse a `metadata.cellpipe` object: (settings, the non-setting keys such as step, after, role)."""
     sink = _Sink(notebook, index, problems)
@@ -355,7 +408,9 @@ def parse_structured(
         if key in ("step", "after", "role", "search", "name", "description", "experiment", "defaults"):
             other[key] = value
         elif key in _SETTING_KEYS or key in ("cpu_request", "memory_request", "timeout_seconds"):
-            normalized = {"cpu_request": "cpu", "memory_request": "memory", "timeout_seconds": "timeout"}.get(key, key)
+            normalized = {"cpu_request": "cpu", "memory_request": "memory", "timeout_seconds": "timeout"}.get(
+                key, key
+            )
             _apply_setting(normalized, value, f"{where}.{key}", settings, sink, from_tag=False)
         else:
             sink.warn(f"{where}.{key}", f"unknown setting {key!r} in {where} ignored")
@@ -414,6 +469,8 @@ def check_resources(notebook: str, cell: int, settings: StepSettings, problems: 
         and res.memory_limit
         and memory_bytes(res.memory_request) > memory_bytes(res.memory_limit)
     ):
-        sink.error("memory-limit", f"memory request {res.memory_request} is above its limit {res.memory_limit}")
+        sink.error(
+            "memory-limit", f"memory request {res.memory_request} is above its limit {res.memory_limit}"
+        )
     if (res.gpu_type or res.gpu_vendor != DEFAULT_GPU_VENDOR) and not res.gpu:
         sink.warn("gpu-type", "a GPU type or vendor is set but no gpu: count; no GPU is requested")
