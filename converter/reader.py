@@ -659,9 +659,9 @@ class _Builder:
                         self.warn(
                             cell.index,
                             draft.tag,
-                            f"step {draft.name!r} reads file {path!r} that step {writer!r} writes; on a cluster, "
-                            "files only travel through a shared volume: declare one in the notebook's "
-                            "metadata.cellpipe.volumes (or pass the data as a variable)",
+                            f"step {draft.name!r} reads file {path!r} that step {writer!r} writes; "
+                            "on a cluster, files only travel through a shared volume: declare one in "
+                            "the notebook's metadata.cellpipe.volumes (or pass the data as a variable)",
                         )
                 for path in cell.analysis.paths_written:
                     written.setdefault(path, draft.name)

@@ -453,6 +453,23 @@ def test_fork_server_death_falls_back_to_subprocesses(folder: Path, workspace: P
     assert log_lines(events, "b") == ["b ran"]
 
 
+@pytest.mark.skipif(not fork_server_supported(), reason="no fork server here")
+def test_import_that_kills_the_fork_server_fails_the_step_as_it_would_alone(
+    folder: Path, workspace: Path
+) -> None:
+    """The fork server dies preloading: its steps start as fresh interpreters and show the real error."""
+    (folder / "crashy.py").write_text(
+        "import os, sys\nprint('crashy imported', file=sys.stderr, flush=True)\nos._exit(7)\n"
+    )
+    pipeline = make_pipeline(
+        make_step("a", "print('unreachable')"), make_step("b", "pass"), imports="import crashy"
+    )
+    result, events = run(pipeline, folder, workspace)
+    assert result.step_states == {"a": "failed", "b": "failed"}
+    assert {e.message for e in of(events, "step_failed")} == {"exited with status 7: crashy imported"}
+    assert log_lines(events, "a") == ["crashy imported"]
+
+
 # ---------------------------------------------------------------------- cancel and orphans
 
 

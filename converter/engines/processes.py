@@ -66,6 +66,7 @@ class _Attempt:
     streams: dict[int, str]  # open read fds -> "stdout"/"stderr"
     buffers: dict[int, bytes]
     via_fork_server: bool
+    registered: bool = False  # its pipes are in the I/O thread's selector
     pid: int | None = None
     pending_signal: int | None = None
     code: int | None = None
@@ -101,6 +102,7 @@ class StepProcesses:
         os.set_blocking(self._wake_r, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._closing = False
+        self._server_gone = False
         self._server: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self.server_info: dict[str, Any] = {}  # the fork server's "ready" message: what it preloaded
@@ -122,12 +124,15 @@ class StepProcesses:
             {out_r: b"", err_r: b""},
             via_fork_server=False,
         )
-        with self._lock:
+        with self._lock:  # atomic with the I/O thread's view of a dying fork server (see _server_died)
             self._attempts[launch.key] = attempt
+            control = self._control if launch.fork and not self._server_gone else None
+            attempt.via_fork_server = control is not None
         try:
-            control = self._control if launch.fork else None
-            if control is not None and self._spawn_forked(control, launch, out_w, err_w):
-                attempt.via_fork_server = True
+            if control is not None:
+                # if the server is gone, sending fails or the request is never served: either way
+                # _server_died starts the attempt as a subprocess (it has no pid yet)
+                self._spawn_forked(control, launch, out_w, err_w)
             else:
                 self._spawn_subprocess(attempt, out_w, err_w)
         finally:
@@ -154,7 +159,7 @@ class StepProcesses:
 
     @property
     def using_fork_server(self) -> bool:
-        return self._control is not None
+        return self._control is not None and not self._server_gone
 
     def close(self) -> None:
         """Kill every step still running, stop the fork server and the I/O thread."""
@@ -213,7 +218,7 @@ class StepProcesses:
         self._control = ours
         self._selector.register(ours, selectors.EVENT_READ)
 
-    def _spawn_forked(self, control: socket.socket, launch: Launch, out_w: int, err_w: int) -> bool:
+    def _spawn_forked(self, control: socket.socket, launch: Launch, out_w: int, err_w: int) -> None:
         request = {
             "op": "spawn",
             "id": launch.key,
@@ -223,11 +228,8 @@ class StepProcesses:
             "env": launch.env,
             "cpus": list(launch.cpus) if launch.cpus else None,
         }
-        try:
+        with contextlib.suppress(OSError):
             socket.send_fds(control, [json.dumps(request).encode()], [out_w, err_w])
-        except OSError:  # the fork server is gone: the I/O thread will notice, we fall back now
-            return False
-        return True
 
     def _spawn_subprocess(self, attempt: _Attempt, out_w: int, err_w: int) -> None:
         launch = attempt.launch
@@ -250,6 +252,9 @@ class StepProcesses:
                 os.sched_setaffinity(popen.pid, launch.cpus)
         with self._lock:
             attempt.pid = popen.pid
+            pending = attempt.pending_signal
+        if pending is not None:
+            _killpg(popen.pid)
 
         def wait() -> None:
             code = popen.wait()
@@ -265,6 +270,7 @@ class StepProcesses:
             os.write(self._wake_w, b"x")
 
     def _register(self, attempt: _Attempt) -> None:
+        attempt.registered = True
         for fd in attempt.streams:
             os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, attempt)
@@ -357,23 +363,43 @@ class StepProcesses:
                 _killpg(message["pid"])
         elif op == "exited":
             self._exited(key, message["code"])
-        elif op == "error":
-            attempt.lost = f"the fork server could not start the step: {message.get('message')}"
-            self._exited(key, None)
+        elif op == "error":  # it could not fork: a fresh interpreter can still run the step
+            attempt.via_fork_server = False
+            self._restart_as_subprocess(attempt)
 
     def _server_died(self) -> None:
-        """Steps the server forked have no parent to report them any more: lost, killed."""
+        """Steps the server forked have no parent to report them any more: lost, killed. Steps it
+        never forked (it died preloading, say) start afresh as subprocesses, so a crash in an import
+        shows up in the step's own log as it would without a fork server."""
         assert self._control is not None
         self._selector.unregister(self._control)
-        self._control.close()
-        self._control = None
         with self._lock:
+            self._server_gone = True
             orphans = [a for a in self._attempts.values() if a.via_fork_server and not a.exited]
         for attempt in orphans:
-            if attempt.pid is not None:
-                _killpg(attempt.pid)
+            attempt.via_fork_server = False
+            if attempt.pid is None:
+                self._restart_as_subprocess(attempt)
+                continue
+            _killpg(attempt.pid)
             attempt.lost = "step process lost: the fork server exited"
             self._exited(attempt.launch.key, None)
+
+    def _restart_as_subprocess(self, attempt: _Attempt) -> None:
+        for fd in list(attempt.streams):
+            if attempt.registered:
+                self._selector.unregister(fd)
+            os.close(fd)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        attempt.streams, attempt.buffers = {out_r: "stdout", err_r: "stderr"}, {out_r: b"", err_r: b""}
+        try:
+            self._spawn_subprocess(attempt, out_w, err_w)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        if attempt.registered:
+            self._register(attempt)
 
     def _exited(self, key: str, code: int | None) -> None:
         with self._lock:

@@ -133,6 +133,8 @@ def serve(control_fd: int, preload: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     sock = socket.socket(fileno=control_fd)
     summary = _preload(preload)
+    for failure in summary["failed"]:
+        print(f"cellpipe fork server: could not preload {failure}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     gc.collect()
