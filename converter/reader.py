@@ -514,23 +514,26 @@ class _Builder:
                 definitions.pop(name, None)
 
         metrics_of = self._metrics(roles.get("metrics", []), drafts, step_analysis, param_names)
-        if any(p.severity == "error" for p in self.problems):
+        # Resource and cycle checks run even when other errors were found: every problem at once.
+        settings_of = {
+            d.name: tags.to_step_settings(tags.merge([meta["defaults"], d.settings, d.structured]))
+            for d in drafts
+        }
+        for draft in drafts:
+            tags.check_resources(self.notebook, draft.first.index, settings_of[draft.name], self.problems)
+        edges = self._edges(drafts, step_inputs)
+        order = self._topological(drafts, edges)
+        if order is None or any(p.severity == "error" for p in self.problems):
             return None, None
 
         outputs: dict[str, set[str]] = {d.name: set() for d in drafts}
         for inputs in step_inputs.values():
             for name, producer in inputs.items():
                 outputs[producer].add(name)
-        edges = self._edges(drafts, step_inputs)
-        order = self._topological(drafts, edges)
-        if order is None:
-            return None, None
-        defaults = meta["defaults"]
         steps = []
         imports_cells = roles.get("imports", []) + roles.get("functions", [])
         for draft in order:
-            settings = tags.to_step_settings(tags.merge([defaults, draft.settings, draft.structured]))
-            tags.check_resources(self.notebook, draft.first.index, settings, self.problems)
+            settings = settings_of[draft.name]
             block = step_analysis[draft.name]
             modules = set(block.modules) | {
                 m for c in imports_cells if c.analysis for m in c.analysis.modules
@@ -555,8 +558,6 @@ class _Builder:
                     modules=tuple(sorted(modules)),
                 )
             )
-        if any(p.severity == "error" for p in self.problems):
-            return None, None
         return tuple(steps), edges
 
     def _reading_cell(self, draft: _StepDraft, name: str) -> int:
@@ -613,9 +614,11 @@ class _Builder:
             for name, producer in inputs.items():
                 carried.setdefault((producer, consumer), set()).add(name)
         edges = [Edge(s, t, "data", tuple(sorted(n))) for (s, t), n in carried.items()]
+        names = {d.name for d in drafts}
         for draft in drafts:
             for target in draft.after:
-                if (target, draft.name) not in carried and target != draft.name:
+                # Unknown and self targets are already errors; leaving them out keeps the cycle check sound.
+                if (target, draft.name) not in carried and target != draft.name and target in names:
                     edges.append(Edge(target, draft.name, "after"))
         return tuple(sorted(edges, key=lambda e: (e.source, e.target)))
 
@@ -634,9 +637,12 @@ class _Builder:
                 cycle = _find_cycle({d.name: incoming[d.name] for d in remaining})
                 first = min(cycle, key=lambda n: position[n])
                 draft = drafts[position[first]]
+                # The earliest step's edge in the cycle points backwards: only an after: tag does that.
+                before = cycle[cycle.index(first) - 1]
+                cycle = cycle[cycle.index(first) :] + cycle[: cycle.index(first)]
                 self.error(
                     draft.first.index,
-                    draft.tag,
+                    f"after:{before}" if before in draft.after else draft.tag,
                     "dependency cycle: " + " -> ".join([*cycle, cycle[0]]) + " (check the after: tags)",
                 )
                 return None
