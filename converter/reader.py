@@ -235,13 +235,12 @@ class _Builder:
 
     def _apply_structured(self, cell: tags.CellTags, data: Any) -> None:
         settings, other = tags.parse_structured(self.notebook, cell.index, data, self.problems)
-        for key in sorted(set(settings) & set(cell.settings)):
-            if settings[key] != cell.settings[key]:
-                self.warn(
-                    cell.index,
-                    f"metadata.cellpipe.{key}",
-                    f"tags and metadata.cellpipe disagree on {key}; metadata.cellpipe wins",
-                )
+        for key, what in _conflicts(cell.settings, settings):
+            self.warn(
+                cell.index,
+                f"metadata.cellpipe.{key}",
+                f"tags and metadata.cellpipe disagree on {what}; metadata.cellpipe wins",
+            )
         cell.structured = settings
         if "step" in other:
             name = str(other["step"])
@@ -687,6 +686,27 @@ _EMPTY = CellAnalysis(
     paths_written=frozenset(),
     paths_read=frozenset(),
 )
+
+
+_USER_KEYS = {"cpu_request": "cpu", "memory_request": "memory", "timeout_seconds": "timeout"}
+
+
+def _conflicts(tagged: tags.Settings, structured: tags.Settings) -> list[tuple[str, str]]:
+    """(setting as users write it, what disagrees) where both forms set different values.
+
+    List settings accumulate, so they only disagree when both give the same key different values.
+    """
+    found: list[tuple[str, str]] = []
+    for key in sorted(set(tagged) & set(structured)):
+        user_key = _USER_KEYS.get(key, key)
+        if key in tags.KEYED_SETTINGS:
+            from_tags = dict(tagged[key])
+            for name, value in structured[key]:
+                if name in from_tags and from_tags[name] != value:
+                    found.append((user_key, f"{user_key.replace('_', '-')} {name}"))
+        elif key not in tags.LIST_SETTINGS and tagged[key] != structured[key]:
+            found.append((user_key, user_key.replace("_", "-")))
+    return found
 
 
 def _with_warnings(pipeline: Pipeline, warnings: list[Problem]) -> Pipeline:

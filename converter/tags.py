@@ -417,14 +417,22 @@ def parse_structured(
     return settings, other
 
 
+# List settings of (key, value) pairs: a later value for the same key replaces the earlier one.
+KEYED_SETTINGS = ("env", "node_selector", "labels", "annotations")
+
+
 def merge(patches: Sequence[Settings]) -> Settings:
-    """Later patches win for single values; list settings accumulate without duplicates."""
+    """Later patches win for single values and for the keys of keyed lists; lists accumulate."""
     merged: Settings = {}
     for patch in patches:
         for key, value in patch.items():
             if key in LIST_SETTINGS:
                 bucket = merged.setdefault(key, [])
-                bucket.extend(v for v in value if v not in bucket)
+                for item in value:
+                    if key in KEYED_SETTINGS:
+                        bucket[:] = [old for old in bucket if old[0] != item[0] or old == item]
+                    if item not in bucket:
+                        bucket.append(item)
             else:
                 merged[key] = value
     return merged
