@@ -478,9 +478,8 @@ class _Builder:
                 elif name in param_names:
                     params.add(name)
                 elif name in preamble_defs:
-                    self.error(
+                    self._error_at(
                         self._reading_cell(draft, name),
-                        draft.tag,
                         f"step {draft.name!r} reads {name!r}, which only cell {preamble_defs[name]} defines, "
                         "and that cell is left out of the pipeline (tag it as a step, imports or functions)",
                     )
@@ -489,16 +488,14 @@ class _Builder:
                 elif opaque_before and min(opaque_before) <= draft.cells[-1].index:
                     continue  # a %run, exec or star import may define it: cannot tell
                 else:
-                    self.error(
+                    self._error_at(
                         self._reading_cell(draft, name),
-                        draft.tag,
                         f"name {name!r} is not defined before step {draft.name!r} "
                         "(not a builtin, import, parameter or earlier step's variable)",
                     )
             for name in sorted(block.assigns & param_names):
-                self.error(
+                self._error_at(
                     self._assigning_cell(draft, name),
-                    draft.tag,
                     f"step {draft.name!r} assigns {name!r}, which is a pipeline parameter; parameters are "
                     "read-only inputs (use another variable name)",
                 )
@@ -559,19 +556,23 @@ class _Builder:
             )
         return tuple(steps), edges
 
-    def _reading_cell(self, draft: _StepDraft, name: str) -> int:
+    def _error_at(self, cell: _Cell, message: str) -> None:
+        """An error in a cell's code, labelled with the cell's own step tag (if it has one)."""
+        self.error(cell.index, _cell_tag(cell.tags), message)
+
+    def _reading_cell(self, draft: _StepDraft, name: str) -> _Cell:
         for cell in draft.cells:
             if cell.analysis and (
                 name in cell.analysis.reads or any(name in f for f in cell.analysis.functions.values())
             ):
-                return cell.index
-        return draft.first.index
+                return cell
+        return draft.first
 
-    def _assigning_cell(self, draft: _StepDraft, name: str) -> int:
+    def _assigning_cell(self, draft: _StepDraft, name: str) -> _Cell:
         for cell in draft.cells:
             if cell.analysis and name in cell.analysis.assigns:
-                return cell.index
-        return draft.first.index
+                return cell
+        return draft.first
 
     def _metrics(
         self,
@@ -663,7 +664,7 @@ class _Builder:
                     if writer != draft.name:
                         self.warn(
                             cell.index,
-                            draft.tag,
+                            _cell_tag(cell.tags),
                             f"step {draft.name!r} reads file {path!r} that step {writer!r} writes; "
                             "on a cluster, files only travel through a shared volume: declare one in "
                             "the notebook's metadata.cellpipe.volumes (or pass the data as a variable)",
