@@ -57,6 +57,17 @@ def parameter_values(
             given[str(name)] = (value, None)
     for name, raw in pairs:
         given[name] = (papermill_value(raw), raw)
+    return _typed(pipeline, given)
+
+
+def typed_values(pipeline: Pipeline, values: Mapping[str, object]) -> dict[str, Any]:
+    """Values that arrive already typed (JSON from the REST API, Python from the widgets), checked
+    and coerced to the declared types as `parameter_values` does."""
+    return _typed(pipeline, {name: (value, None) for name, value in values.items()})
+
+
+def _typed(pipeline: Pipeline, given: Mapping[str, tuple[object, str | None]]) -> dict[str, Any]:
+    """`given` maps a name to (value, raw `-p` text or None)."""
     declared = {p.name: p for p in pipeline.parameters}
     values: dict[str, Any] = {}
     for name, (value, text) in given.items():

@@ -1,0 +1,34 @@
+"""cellpipe inside Jupyter: a server extension (REST API, live run events, metrics) and notebook widgets.
+
+The server extension is enabled on install (``jupyter-config/jupyter_server_config.d/cellpipe.json``);
+the widgets are imported on first use, so loading the extension never imports ipywidgets::
+
+    from jupyter_ext import launcher, run_notebook
+    launcher("train.ipynb")            # typed parameter inputs, engine choice, Run button
+    monitor = run_notebook("train.ipynb", {"C": 0.5})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_WIDGETS = frozenset({"launcher", "Launcher", "RunMonitor", "run_notebook"})
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "jupyter_ext"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from jupyter_ext.handlers import setup
+
+    setup(serverapp.web_app, serverapp.root_dir)
+    serverapp.log.info("cellpipe: REST API at %scellpipe/api/", serverapp.base_url)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WIDGETS:
+        from jupyter_ext import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'jupyter_ext' has no attribute {name!r}")
