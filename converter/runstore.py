@@ -225,7 +225,7 @@ class RunStore:
         )
         self._db.row_factory = sqlite3.Row
         self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._switch_to_wal()
         self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable except on power loss
         with self._write() as db:
             if db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
@@ -233,6 +233,19 @@ class RunStore:
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def _switch_to_wal(self) -> None:
+        """SQLite answers "database is locked" at once, without its busy handler, when another
+        connection holds the file while this one changes journal mode: retry for a while."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         with self._lock:

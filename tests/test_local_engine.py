@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from converter import stepcode
 from converter.engines import local
@@ -588,7 +589,7 @@ def test_two_runs_at_once_share_one_store(folder: Path, workspace: Path) -> None
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert {r.state for r in results.values()} == {"succeeded"}
+    assert [results[n].state for n in (1, 2)] == ["succeeded", "succeeded"]
     runs = RunStore(workspace / "runs.db").list_runs()
     assert sorted(r.id for r in runs) == sorted(r.run_id for r in results.values())
     assert all([s.state for s in r.steps] == ["succeeded", "succeeded"] for r in runs)
@@ -668,16 +669,18 @@ def test_resume_reruns_only_what_failed_or_never_ran(folder: Path, workspace: Pa
 def test_runs_the_program_the_compiled_pipeline_ships(
     folder: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Change the step runtime: the local run and the compiled component both carry the change."""
     original = stepcode.runtime_source()
     monkeypatch.setattr(stepcode, "runtime_source", lambda: original + "\nprint('shipped-marker-7')\n")
+    monkeypatch.setattr(stepcode, "packed_runtime", lambda: stepcode.packed(stepcode.runtime_source()))
     pipeline = make_pipeline(make_step("a", "print('cell')"))
     result, events = run(pipeline, folder, workspace)
     assert log_lines(events, "a") == ["shipped-marker-7", "cell"]
-    program = (workspace / "runs" / result.run_id / "a" / "program.py").read_text()
-    assert program == stepcode.program(pipeline, pipeline.steps[0])
+    ran = (workspace / "runs" / result.run_id / "a" / "program.py").read_text()
     from converter.kfp_compile import compile_pipeline
 
-    assert "shipped-marker-7" in compile_pipeline(pipeline).ir_yaml
+    ir = yaml.safe_load(compile_pipeline(pipeline).ir_yaml)
+    assert ir["deploymentSpec"]["executors"]["exec-a"]["container"]["command"] == ["python3", "-c", ran]
 
 
 def test_parameters_arrive_typed_as_kfp_renders_them(folder: Path, workspace: Path) -> None:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,25 @@ def test_two_processes_write_one_store(tmp_path: Path) -> None:
     assert len(runs) == 50
     assert all(r.state == "succeeded" and [s.state for s in r.steps] == ["succeeded"] * 2 for r in runs)
     assert all(r.metrics == {"m": 1.0} for r in runs)
+
+
+def test_many_openers_of_a_new_store_at_once(tmp_path: Path) -> None:
+    """Switching a fresh file to WAL needs a lock the first writers race for; nobody may fail."""
+    errors: list[BaseException] = []
+
+    def open_store(db: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            new_run(RunStore(db))
+        except BaseException as error:
+            errors.append(error)
+
+    for attempt in range(5):
+        db, barrier = tmp_path / f"fresh{attempt}.db", threading.Barrier(8)
+        threads = [threading.Thread(target=open_store, args=(db, barrier)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(RunStore(db).list_runs()) == 8

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,7 @@ class StepProcesses:
     # ------------------------------------------------------------------ called by the engine
 
     def start(self, launch: Launch) -> None:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        (out_r, out_w), (err_r, err_w) = _pipe(), _pipe()
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         attempt = _Attempt(
             launch,
@@ -272,34 +272,38 @@ class StepProcesses:
     def _register(self, attempt: _Attempt) -> None:
         attempt.registered = True
         for fd in attempt.streams:
-            os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, attempt)
 
     def _loop(self) -> None:
         while True:
-            for key, _ in self._selector.select(timeout=0.5):
-                if key.fd == self._wake_r:
-                    try:
-                        while os.read(self._wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
-                elif key.fileobj is self._control:
-                    self._control_message()
-                else:
-                    self._read(key.data, key.fd)
-            while self._inbox:
-                self._inbox.popleft()()
-            now = time.monotonic()
-            with self._lock:
-                stuck = [
-                    a for a in self._attempts.values() if a.exited and now - a.exited_at > _DRAIN_SECONDS
-                ]
-            for attempt in stuck:
-                for fd in list(attempt.streams):
-                    self._close_stream(attempt, fd)
+            try:
+                self._step()
+            except Exception:  # a bug here must not leave the engine waiting forever for silent steps
+                print("cellpipe: internal error in the step I/O thread:", file=sys.stderr)
+                traceback.print_exc()
             if self._closing and not self._inbox:
                 return
+
+    def _step(self) -> None:
+        for key, _ in self._selector.select(timeout=0.5):
+            if self._selector.get_map().get(key.fd) is not key:
+                continue  # closed (its number maybe reused) by an earlier event of this batch
+            if key.fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 512):
+                        pass
+            elif key.fileobj is self._control:
+                self._control_message()
+            else:
+                self._read(key.data, key.fd)
+        while self._inbox:
+            self._inbox.popleft()()
+        now = time.monotonic()
+        with self._lock:
+            stuck = [a for a in self._attempts.values() if a.exited and now - a.exited_at > _DRAIN_SECONDS]
+        for attempt in stuck:
+            for fd in list(attempt.streams):
+                self._close_stream(attempt, fd)
 
     def _read(self, attempt: _Attempt, fd: int) -> None:
         try:
@@ -332,7 +336,8 @@ class StepProcesses:
         rest = attempt.buffers.pop(fd, b"")
         if rest:
             self._line(attempt, fd, bytes(rest))
-        self._selector.unregister(fd)
+        if attempt.registered:
+            self._selector.unregister(fd)
         os.close(fd)
         del attempt.streams[fd]
         self._maybe_done(attempt)
@@ -390,8 +395,7 @@ class StepProcesses:
             if attempt.registered:
                 self._selector.unregister(fd)
             os.close(fd)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        (out_r, out_w), (err_r, err_w) = _pipe(), _pipe()
         attempt.streams, attempt.buffers = {out_r: "stdout", err_r: "stderr"}, {out_r: b"", err_r: b""}
         try:
             self._spawn_subprocess(attempt, out_w, err_w)
@@ -419,6 +423,13 @@ class StepProcesses:
             self._attempts.pop(attempt.launch.key, None)
         attempt.log.close()
         self._on_exit(Exit(attempt.launch.key, attempt.code, tuple(attempt.tail), attempt.lost))
+
+
+def _pipe() -> tuple[int, int]:
+    """A pipe whose read end never blocks the I/O thread."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    return read, write
 
 
 def _killpg(pgid: int) -> None:
