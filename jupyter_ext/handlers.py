@@ -48,6 +48,7 @@ API_PREFIX = "cellpipe/api"
 HEARTBEAT_SECONDS = 15.0  # an SSE comment line keeps proxies from closing an idle stream
 STORE_POLL_SECONDS = 0.5  # following a run another process is running
 DEFAULT_RUN_LIST = 50
+EVENT_STREAM = "text/event-stream; charset=utf-8"
 MAX_RUN_LIST = 1000
 
 T = TypeVar("T")
@@ -372,9 +373,8 @@ class CompileHandler(CellpipeHandler):
 
         _, pipeline = await self.pipeline(self.body({"path": str})["path"])
         compiled = await self.convert(lambda: compile_pipeline(pipeline))
-        self.set_header("Content-Type", "application/yaml; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{compiled.name}.yaml"')
-        self.finish(compiled.ir_yaml)
+        self.finish(compiled.ir_yaml, set_content_type="application/yaml; charset=utf-8")
 
 
 class GraphHandler(CellpipeHandler):
@@ -495,7 +495,7 @@ class EventsHandler(CellpipeHandler):
         run = self.service.runs.get(full_id)
         if run is None and record is None:
             raise ApiError(404, f"no run {run_id!r}")
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Content-Type", EVENT_STREAM)
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
         clients = self.service.metrics.stream_clients
@@ -512,7 +512,7 @@ class EventsHandler(CellpipeHandler):
         finally:
             clients.dec()
         if not self._closed:
-            self.finish()
+            self.finish(set_content_type=EVENT_STREAM)
 
     async def _send(self, events: list[Event]) -> None:
         self.write(b"".join(map(sse_frame, events)))
@@ -571,8 +571,7 @@ class MetricsHandler(CellpipeHandler):
     async def get(self) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.service.metrics.exposition())
+        self.finish(self.service.metrics.exposition(), set_content_type=CONTENT_TYPE_LATEST)
 
 
 # ---------------------------------------------------------------------- wiring
