@@ -57,7 +57,7 @@ def compile_dsl(source: str, filename: str) -> str:
         code = compile(source, filename, "exec", dont_inherit=True)  # not our __future__ annotations
         with _fast_task_setters():
             exec(code, module.__dict__)
-        with tempfile.TemporaryDirectory(prefix="cellpipe-compile-") as tmp, _fast_yaml():
+        with tempfile.TemporaryDirectory(prefix="cellpipe-compile-") as tmp, _fast_yaml(), _stable_comments():
             target = Path(tmp) / "pipeline.yaml"
             try:
                 compiler.Compiler().compile(module.pipeline, str(target))
@@ -121,6 +121,36 @@ def _fast_yaml() -> Iterator[None]:
         yield
     finally:
         pipeline_spec_builder.yaml = yaml
+
+
+@contextlib.contextmanager
+def _stable_comments() -> Iterator[None]:
+    """Sort dict defaults in the header comment KFP writes above the IR.
+
+    KFP prints a dict parameter's default with `str()` of a protobuf Struct converted back to a
+    dict, whose key order changes from process to process; sorted, compiling is repeatable. (The
+    YAML body is sorted by KFP itself.)
+    """
+    from kfp.compiler import pipeline_spec_builder
+
+    original = pipeline_spec_builder.extract_comments_from_pipeline_spec
+
+    def extract_comments(pipeline_spec: dict[str, Any], pipeline_description: str) -> str:
+        return str(original(_sorted_keys(pipeline_spec), pipeline_description))
+
+    pipeline_spec_builder.extract_comments_from_pipeline_spec = extract_comments
+    try:
+        yield
+    finally:
+        pipeline_spec_builder.extract_comments_from_pipeline_spec = original
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def write_atomically(directory: Path, files: dict[str, str]) -> list[Path]:
