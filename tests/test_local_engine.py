@@ -724,8 +724,8 @@ def test_steps_run_in_the_notebook_folder_with_their_environment(folder: Path, w
     assert log_lines(events, "r") == ["hi None"]  # the file is shared, the variable only the step's own
 
 
-@pytest.mark.parametrize("fork_server", FORK_MODES)
-def test_heavy_libraries_work_in_forked_steps(folder: Path, workspace: Path, fork_server: bool) -> None:
+@pytest.mark.skipif(not fork_server_supported(), reason="no fork server here")
+def test_heavy_libraries_work_in_forked_steps(folder: Path, workspace: Path) -> None:
     """numpy (BLAS threads), pandas/pyarrow and scikit-learn, preloaded in the fork server, still work
     in each step, and numpy's global random state differs between steps as in fresh interpreters."""
     imports = "import numpy as np\nimport pandas as pd\nfrom sklearn.linear_model import LogisticRegression"
@@ -750,8 +750,7 @@ def test_heavy_libraries_work_in_forked_steps(folder: Path, workspace: Path, for
         ),
         imports=imports,
     )
-    engine = LocalEngine(workspace=workspace, fork_server=fork_server)
-    result, events = run(pipeline, folder, workspace, engine=engine)
+    result, events = run(pipeline, folder, workspace)
     assert result.state == "succeeded", [e.message for e in of(events, "step_failed")]
     assert log_lines(events, "use") == ["(1000, 2) (1, 3) True"]
 
@@ -765,6 +764,8 @@ def test_heavy_libraries_work_in_forked_steps(folder: Path, workspace: Path, for
         ("sklearn_tabular.ipynb", {"accuracy", "f1", "roc_auc"}),
         ("pandas_etl.ipynb", set()),
         ("kale_style.ipynb", {"lr_acc", "dt_acc"}),
+        ("magics_and_shell.ipynb", set()),
+        ("gpu_training.ipynb", {"test_accuracy"}),
     ],
 )
 def test_sample_notebooks_run_end_to_end(
@@ -776,8 +777,9 @@ def test_sample_notebooks_run_end_to_end(
     copy.mkdir()
     (copy / notebook).write_bytes((SAMPLES / notebook).read_bytes())
     pipeline = read_notebook(copy / notebook)
+    engine = LocalEngine(workspace=workspace, fit_resources=notebook == "gpu_training.ipynb")
     events: list[Event] = []
-    result = LocalEngine(workspace=workspace).run(RunRequest(pipeline, copy / notebook), [events.append])
+    result = engine.run(RunRequest(pipeline, copy / notebook), [events.append])
     assert result.state == "succeeded", [(e.step, e.message) for e in of(events, "step_failed")]
     check_stream(events, pipeline, result, workspace)
     assert set(result.metrics) == metrics
@@ -787,3 +789,15 @@ def test_sample_notebooks_run_end_to_end(
             (workspace / "runs" / result.run_id / step.name / "cell_outputs.json").read_text()
         )
         assert outputs["status"] == "ok"
+
+
+def test_gpu_sample_asks_for_more_than_a_small_machine_has(tmp_path: Path, workspace: Path) -> None:
+    """gpu_training's train step asks for 4 CPUs, 16Gi and a GPU: unfitted, a smaller machine refuses."""
+    from converter.reader import read_notebook
+
+    machine = local.Machine.detect()
+    if len(machine.cpus) >= 4 and machine.memory >= 16 * 2**30 and machine.gpus:
+        pytest.skip("this machine can hold the step")
+    pipeline = read_notebook(SAMPLES / "gpu_training.ipynb")
+    with pytest.raises(CellpipeError, match="step 'train' requests"):
+        LocalEngine(workspace=workspace).run(RunRequest(pipeline, tmp_path / "gpu_training.ipynb"), [])
