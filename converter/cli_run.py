@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import signal
 import sys
@@ -26,7 +25,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from converter import cli_kfp
 from converter.cli import _EXTRA_PARSERS, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, command
+from converter.cli_kfp import engine_options
 from converter.engines.base import Engine, RunRequest, RunResult
 from converter.errors import CellpipeError
 from converter.events import Event
@@ -49,14 +50,21 @@ _EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXI
 # ---------------------------------------------------------------- engines
 
 
-def make_engine(name: str, max_parallel: int | None, fit_resources: bool = False) -> Engine:
-    """The local engine is built in; others come through the `cellpipe.engines` entry points."""
+def make_engine(name: str, max_parallel: int | None, fit_resources: bool = False, **options: Any) -> Engine:
+    """The local and KFP engines are built in; others come through the `cellpipe.engines` entry points.
+
+    `options` are the KFP engine's (`converter.cli_kfp.engine_options`).
+    """
     if name == "local":
         from converter.engines.local import LocalEngine
 
         return LocalEngine(max_parallel=max_parallel, fit_resources=fit_resources)
-    if name == "kfp" and importlib.util.find_spec("converter.engines.kfp") is None:
-        raise CellpipeError("the kfp engine is not available yet: run with --engine local (the default)")
+    if name == "kfp":
+        from converter.engines.kfp import KfpEngine
+
+        if max_parallel is not None or fit_resources:
+            raise CellpipeError("--max-parallel and --fit-resources are local engine options")
+        return KfpEngine(**options)
     from converter.engines import get_engine
 
     return get_engine(name)
@@ -133,7 +141,9 @@ def _run(args: argparse.Namespace) -> int:
     parameters = parameter_values(pipeline, args.parameter or [], args.parameters_file or [])
     if args.max_parallel is not None and args.max_parallel < 1:
         raise CellpipeError("--max-parallel must be at least 1")
-    engine = make_engine(args.engine, args.max_parallel, args.fit_resources)
+    if args.engine == "kfp" and args.output:
+        raise CellpipeError("-o needs the steps' cell outputs, which stay on the cluster with --engine kfp")
+    engine = make_engine(args.engine, args.max_parallel, args.fit_resources, **engine_options(args))
     mode = choose_mode(args.quiet, args.json_events, sys.stdout)
     if not args.quiet:
         for warning in pipeline.warnings:
@@ -238,18 +248,33 @@ def _store() -> Iterator[RunStore]:
 @command("runs")
 def _runs(args: argparse.Namespace) -> int:
     with _store() as store:
+        engine = getattr(args, "engine", "local")  # `runs logs` has none: it reads the stored logs
+        if engine == "kfp" and args.runs_command == "list":
+            return cli_kfp.runs_list(store, args)
+        if engine == "kfp" and args.runs_command == "show":
+            return cli_kfp.runs_show(store, args)
         if args.runs_command == "list":
             return _runs_list(store, args)
         if args.runs_command == "show":
             return _runs_show(store, args)
         if args.runs_command == "logs":
             return _runs_logs(store, args)
+        if engine == "kfp" or _remote_id(store, args.run):
+            return cli_kfp.runs_cancel(store, args)
         run = store.get_run(args.run)
         if store.request_cancel(run.id):
             print(f"cancel requested for run {run.id}: its engine stops it within a second or so")
             return EXIT_OK
         print(f"cellpipe: run {run.id} is not running (it {run.state})", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _remote_id(store: RunStore, run: str) -> str | None:
+    """The KFP run id of a local record of a cluster run (None for local runs and unknown ids)."""
+    try:
+        return store.get_run(run).remote_id
+    except CellpipeError:
+        return None
 
 
 def _runs_list(store: RunStore, args: argparse.Namespace) -> int:
@@ -419,21 +444,35 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report, one test case per step")
     p.add_argument("--json-events", action="store_true", help="one JSON event per line on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary line and errors")
+    cli_kfp.add_connection_options(p, experiment=True)
 
     p = sub.add_parser("runs", help="runs in the local run store ($CELLPIPE_HOME)")
     runs = p.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
     q = runs.add_parser("list", help="the newest runs")
     q.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
     q.add_argument("--json", action="store_true")
+    _add_engine_option(q)
     q = runs.add_parser("show", help="a run with its steps, timings and metrics")
     q.add_argument("run", help="run id, or a unique prefix of one")
     q.add_argument("--json", action="store_true")
+    _add_engine_option(q)
     q = runs.add_parser("logs", help="a run's step logs")
     q.add_argument("run", help="run id, or a unique prefix of one")
     q.add_argument("step", nargs="?", help="only this step")
     q.add_argument("-f", "--follow", action="store_true", help="keep printing until the run finishes")
     q = runs.add_parser("cancel", help="ask the engine of a running run to cancel it")
     q.add_argument("run", help="run id, or a unique prefix of one")
+    _add_engine_option(q)
+
+
+def _add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["local", "kfp"],
+        default="local",
+        help="kfp: ask the KFP cluster (RUN: a KFP run id too)",
+    )
+    cli_kfp.add_connection_options(parser)
 
 
 _EXTRA_PARSERS.append(_add_parsers)
