@@ -44,14 +44,17 @@ def add_connection_options(parser: argparse.ArgumentParser, experiment: bool = F
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`KfpEngine` keyword arguments from the parsed flags."""
-    return {
+    """`KfpEngine` keyword arguments from the parsed flags (`--quiet` drops the note with the run's link)."""
+    options: dict[str, Any] = {
         "host": args.host,
         "namespace": args.namespace,
         "auth": args.auth,
         "experiment": args.experiment,
         "create_experiment": not args.no_create_experiment,
     }
+    if getattr(args, "quiet", False):
+        options["notify"] = lambda message: None
+    return options
 
 
 def _connect(args: argparse.Namespace, host: str | None = None) -> Cluster:

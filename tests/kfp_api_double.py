@@ -23,6 +23,7 @@ cluster. What it models, and how closely:
   CANCELING, then CANCELED.
 - Auth when configured: a bearer `token` (401 without it or with another), a Dex-style session `cookie`
   (a 302 to the login page without it), `multi_user` with `namespaces` the caller may use (403 others).
+  `reject_uploads` / `reject_runs` make the server refuse pipeline files / run creations (400).
 - Kubernetes: ``GET /api/v1/namespaces/{ns}/pods?labelSelector=pipeline/runid=ID`` lists a pod per
   driver and executor, labelled and annotated (``workflows.argoproj.io/node-name``) as KFP and Argo do;
   ``GET .../pods/{name}/log?container=main&follow=true`` streams the pod's lines and, with follow,
@@ -66,9 +67,10 @@ _DESERIALIZER = kfp_server_api.ApiClient()
 class Rejected(Exception):
     """A request the real API would refuse: becomes a JSON error answer."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, scripted: bool = False):
         super().__init__(message)
         self.status = status
+        self.scripted = scripted  # asked for by the test, not a sign of a malformed request
 
 
 # ---------------------------------------------------------------------- validation against kfp-server-api
@@ -219,6 +221,7 @@ class KfpApiDouble:
         self.cached_tasks: set[str] = set()
         self.transient: list[int | str] = []  # next GET /runs/{id} answers: a status, or "reset"
         self.reject_uploads: str | None = None
+        self.reject_runs: str | None = None  # the next run creations answer 400 with this message
         self.task_logs: dict[str, list[str]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, dict[str, Any]] = {}  # id -> version JSON (+ "_spec": the IR dict)
@@ -231,7 +234,7 @@ class KfpApiDouble:
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -286,7 +289,7 @@ class KfpApiDouble:
     def _parse_package(self, data: bytes) -> dict[str, Any]:
         self.uploads.append(data)
         if self.reject_uploads:
-            raise Rejected(400, self.reject_uploads)
+            raise Rejected(400, self.reject_uploads, scripted=True)
         try:
             documents = list(yaml.safe_load_all(data.decode("utf-8")))
             spec = documents[0]
@@ -359,6 +362,8 @@ class KfpApiDouble:
 
     def create_run(self, body: bytes) -> dict[str, Any]:
         run = parse_model(body, "V2beta1Run")
+        if self.reject_runs:
+            raise Rejected(400, self.reject_runs, scripted=True)
         raw = json.loads(body)
         if not run.display_name:
             raise Rejected(400, "Invalid input error: run display_name is required")
@@ -633,7 +638,7 @@ def _handler(double: KfpApiDouble) -> type[BaseHTTPRequestHandler]:
                     answer = self._kfp(method, path, one, body)
                 self._json(200, answer)
             except Rejected as rejected:
-                if rejected.status == 400:
+                if rejected.status == 400 and not rejected.scripted:
                     with double.lock:
                         double.problems.append(f"{method} {path}: {rejected}")
                 if rejected.status == 302:
@@ -848,7 +853,7 @@ def _handler(double: KfpApiDouble) -> type[BaseHTTPRequestHandler]:
             for line in lines:
                 self.wfile.write(line.encode("utf-8") + b"\n")
                 self.wfile.flush()
-            if q.get("follow") == "true" and is_executor:
+            if q.get("follow") in ("1", "t", "T", "true", "True", "TRUE") and is_executor:  # Go's ParseBool
                 deadline = time.monotonic() + 30
                 while task.phase in ("QUEUED", "RUNNING") and time.monotonic() < deadline:
                     time.sleep(0.02)

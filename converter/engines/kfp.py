@@ -68,6 +68,10 @@ def _warn(message: str) -> None:
     print(f"cellpipe: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _note(message: str) -> None:
+    print(f"cellpipe: {message}", file=sys.stderr, flush=True)
+
+
 def without_cache(ir_yaml: str) -> str:
     """The IR with caching turned off for every task (``--no-cache``: a run cannot override a version's)."""
     documents = list(yaml.safe_load_all(ir_yaml))
@@ -88,7 +92,8 @@ class KfpEngine:
     `host`, `namespace`, `auth` override the environment and the config file (`converter.kfp_connection`).
     `experiment` wins over the notebook's own and the config's default. `kube` is a
     `kubernetes.client.Configuration` for pod logs: "auto" finds the in-cluster or kube config, None
-    turns logs off.
+    turns logs off. `warn` and `notify` tell a person about problems and where the run is (the KFP UI
+    link); by default on stderr, so stdout stays the progress or JSON event stream.
     """
 
     name = "kfp"
@@ -105,6 +110,7 @@ class KfpEngine:
         connection: Connection | None = None,
         kube: Any = "auto",
         warn: Callable[[str], None] = _warn,
+        notify: Callable[[str], None] = _note,
     ):
         self.host, self.namespace, self.auth = host, namespace, auth
         self.experiment = experiment
@@ -112,7 +118,7 @@ class KfpEngine:
         self.workspace = Workspace(Path(workspace)) if workspace is not None else Workspace.default()
         self.connection = connection
         self.kube = kube
-        self.warn = warn
+        self.warn, self.notify = warn, notify
         self._cancelled = threading.Event()
         self._wake = threading.Event()
 
@@ -153,6 +159,9 @@ class KfpEngine:
         )
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         remote = cluster.start_run(published, f"{pipeline.name} {stamp}", values)
+        self.notify(
+            f"running on {cluster.host} as KFP run {remote.run_id}: {cluster.run_url(str(remote.run_id))}"
+        )
         return _Monitor(self, cluster, request, published, str(remote.run_id), values, sinks).execute()
 
 
@@ -289,7 +298,6 @@ class _Monitor:
         last_contact = time.monotonic()
         while True:
             try:
-                self._check_cancel()
                 try:
                     run = self.cluster.get_run(self.remote_id)
                 except Exception as error:
@@ -305,6 +313,7 @@ class _Monitor:
                     self.logs.scan()
                 if self.remote_state in TERMINAL_RUN_STATES:
                     return
+                self._check_cancel()
                 if self._cancel_unconfirmed():
                     return
                 delay = POLL_INITIAL_SECONDS if changed else min(delay * 2, POLL_MAX_SECONDS)
@@ -326,16 +335,22 @@ class _Monitor:
         return self.cluster.error(doing, error)
 
     def _check_cancel(self) -> None:
+        """Terminate the remote run once a cancel is asked for, here or in the run store."""
         if self.terminate_asked is not None:
             return
-        if not self.engine._cancelled.is_set() and not self.store.cancel_requested(self.run_id):
-            return
-        try:
-            self.cluster.terminate(self.remote_id)
-        except CellpipeError:
-            if self.remote_state in ("CANCELING", "CANCELED"):  # someone else already did
-                self.terminate_asked = time.monotonic()
-            return  # try again at the next poll
+        if not self.engine._cancelled.is_set():
+            if not self.store.cancel_requested(self.run_id):
+                return
+            # Asked through the store: `runs cancel` may have terminated the run already. Look again.
+            try:
+                self._update(self.cluster.get_run(self.remote_id))
+            except Exception:
+                return  # try again after the next poll
+        if self.remote_state not in ("CANCELING", *TERMINAL_RUN_STATES):
+            try:
+                self.cluster.terminate(self.remote_id)
+            except CellpipeError:
+                return  # try again after the next poll
         self.terminate_asked = time.monotonic()
 
     def _cancel_unconfirmed(self) -> bool:
