@@ -55,12 +55,13 @@ def compile_dsl(source: str, filename: str) -> str:
     sys.modules[module.__name__] = module
     try:
         code = compile(source, filename, "exec", dont_inherit=True)  # not our __future__ annotations
-        with _fast_task_setters():
-            exec(code, module.__dict__)
-        with tempfile.TemporaryDirectory(prefix="cellpipe-compile-") as tmp, _fast_yaml(), _stable_comments():
+        with tempfile.TemporaryDirectory(prefix="cellpipe-compile-") as tmp:
             target = Path(tmp) / "pipeline.yaml"
-            try:
-                compiler.Compiler().compile(module.pipeline, str(target))
+            try:  # KFP checks the pipeline both while the DSL defines it and while compiling it
+                with _fast_task_setters():
+                    exec(code, module.__dict__)
+                with _fast_yaml(), _stable_comments():
+                    compiler.Compiler().compile(module.pipeline, str(target))
             except (ValueError, TypeError) as exc:
                 raise CellpipeError(f"{filename}: the KFP compiler rejected the pipeline: {exc}") from None
             return target.read_text(encoding="utf-8")

@@ -121,6 +121,13 @@ class _Builder:
         meta = self._notebook_settings()
         cells = self._parse_cells()
         drafts, roles, preamble = self._group(cells)
+        if not drafts and not any(p.severity == "error" for p in self.problems):
+            self.error(
+                None,
+                None,
+                "nothing to run: no code cells outside imports, functions, parameters, metrics and "
+                "skipped cells (a pipeline needs at least one step)",
+            )
         parameters = self._parameters(roles.get("parameters", []))
         steps, edges = self._data_flow(drafts, roles, preamble, parameters, meta)
         if steps is None or edges is None:

@@ -694,6 +694,15 @@ def test_bad_input_messages(cells: list[Cell], expected: list[str]) -> None:
     assert errors_of(*cells) == expected
 
 
+def test_a_notebook_with_nothing_to_run_is_an_error() -> None:
+    message = (
+        "nb.ipynb: notebook: nothing to run: no code cells outside imports, functions, parameters, "
+        "metrics and skipped cells (a pipeline needs at least one step)"
+    )
+    assert errors_of("# md only prose") == [message]
+    assert errors_of(("import os", ["imports"]), ("x = 1", ["skip"])) == [message]
+
+
 def test_tag_metadata_conflict_is_only_a_warning() -> None:
     p, problems = check(("a = 1", ["step:a", "memory:1Gi", "step:a"], {"memory": "2Gi", "step": "b"}))
     assert p is not None and [s.name for s in p.steps] == ["b"]
