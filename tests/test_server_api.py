@@ -60,7 +60,8 @@ DIAMOND = [
 def root(jp_root_dir: Path) -> Path:
     write_notebook(jp_root_dir / "diamond.ipynb", DIAMOND)
     write_notebook(
-        jp_root_dir / "sub" / "slow.ipynb", [(["step:wait"], "import time\ntime.sleep(60)\nx = 1")]
+        jp_root_dir / "sub" / "slow.ipynb",
+        [(["step:wait"], "import time\nprint('waiting', flush=True)\ntime.sleep(60)\nx = 1")],
     )
     write_notebook(
         jp_root_dir / "ticker.ipynb",
@@ -283,7 +284,11 @@ async def test_cancel_a_running_run(
 ) -> None:
     run = await start_run(jp_fetch, {"path": "sub/slow.ipynb"})
     args = (http_server_client, jp_base_url, jp_auth_header, run["id"])
-    await stream(*args, stop_after=3)  # run_started, step_queued, step_started: the step is running
+    # run_started, step_queued, step_started, step_log: the step is running. (Not right after
+    # step_started: a cancel within milliseconds of a fork-server spawn can miss the step process,
+    # a local-engine race reported separately.)
+    started = await stream(*args, stop_after=4)
+    assert started[-1][1] == "step_log"
     response = await jp_fetch(API, "runs", run["id"], method="DELETE")
     assert response.code == 202 and json.loads(response.body)["cancel_requested"] is True
     events = await stream(*args)
