@@ -19,6 +19,7 @@ cluster. What it models, and how closely:
   node whose child is an ``executor`` pod (PENDING, RUNNING, SUCCEEDED). Scriptable: `fail_tasks`
   (FAILED with a message; nothing new starts after a failure, as Argo's fail-fast DAG does),
   `hold_tasks` (RUNNING until the run is terminated), `cached_tasks` (executor SKIPPED, task SUCCEEDED),
+  `instant_tasks` (from PENDING straight to SUCCEEDED: they ran between two polls),
   `transient` (the next run reads answer 5xx or drop the connection). ``:terminate`` makes the run
   CANCELING, then CANCELED.
 - Auth when configured: a bearer `token` (401 without it or with another), a Dex-style session `cookie`
@@ -219,6 +220,7 @@ class KfpApiDouble:
         self.fail_tasks: dict[str, str] = {}
         self.hold_tasks: set[str] = set()
         self.cached_tasks: set[str] = set()
+        self.instant_tasks: set[str] = set()  # run between two polls: never seen RUNNING
         self.transient: list[int | str] = []  # next GET /runs/{id} answers: a status, or "reset"
         self.reject_uploads: str | None = None
         self.reject_runs: str | None = None  # the next run creations answer 400 with this message
@@ -463,6 +465,8 @@ class KfpApiDouble:
                 task.phase = "CACHED" if name in self.cached_tasks else "QUEUED"
                 if task.phase == "CACHED":
                     task.finished = _now()
+            elif phase == "QUEUED" and name in self.instant_tasks:
+                task.phase, task.finished = "SUCCEEDED", _now()
             elif phase == "QUEUED":
                 task.phase = "RUNNING"
             elif phase == "RUNNING" and name not in self.hold_tasks:

@@ -155,13 +155,16 @@ def test_step_logs_stream_from_the_executor_pods(
     double: KfpApiDouble, notebook: Path, isolated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     double.task_logs = {"join": ["total is 4", "bye"]}
+    double.instant_tasks = {"prep"}  # ran between two polls: its lines still come in order
     assert main(["run", str(notebook), "--engine", "kfp", "--json-events"]) == 0
     events = _events(capsys.readouterr().out)
     lines = [(e["step"], e["line"]) for e in events if e["type"] == "step_log"]
     assert ("join", "total is 4") in lines and ("prep", "prep: working") in lines
     assert not any("driver" in line for _, line in lines), "driver pods are not steps"
-    join = [e["type"] for e in events if e.get("step") == "join"]
-    assert join.index("step_started") < join.index("step_log") < join.index("step_succeeded")
+    for step in STEPS:
+        types = [e["type"] for e in events if e.get("step") == step]
+        assert types[:2] == ["step_queued", "step_started"] and types[-1] == "step_succeeded", step
+        assert set(types[2:-1]) == {"step_log"}, step
     (pod_list,) = {q["labelSelector"][0] for m, p, q, _ in double.requests if p.endswith("/pods")}
     assert pod_list == f"pipeline/runid={next(iter(double.runs))}"
     assert all(
@@ -173,6 +176,8 @@ def test_step_logs_stream_from_the_executor_pods(
     run_id = events[0]["run_id"]
     assert main(["runs", "logs", run_id, "join"]) == 0
     assert capsys.readouterr().out.splitlines() == ["total is 4", "bye"]
+    assert main(["runs", "logs", run_id, "prep"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["prep: working", "prep: done"]
 
 
 def test_without_kubernetes_access_logs_are_skipped_with_one_warning(

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -171,7 +171,8 @@ class _Step:
     state: str = "pending"  # + queued, running, succeeded, failed, cached, skipped
     started: float | None = None  # monotonic, when seen running
     pod: str | None = None
-    log: IO[str] | None = None
+    log: IO[str] | None = None  # the copy of its log lines under the workspace
+    early: list[str] = field(default_factory=list)  # lines that came before step_started
 
 
 class _Monitor:
@@ -212,6 +213,7 @@ class _Monitor:
         self.remote_state = "PENDING"
         self.remote_error: str | None = None
         self._log_lock = threading.Lock()
+        self._closed = False  # no more log lines: the run is over
 
     # ------------------------------------------------------------------ set-up
 
@@ -238,13 +240,26 @@ class _Monitor:
     def emit(self, type: EventType, **fields: Any) -> None:
         self.log.emit(type, **fields)
 
-    def _on_line(self, step: str, line: str) -> None:
+    def _on_line(self, name: str, line: str) -> None:
+        """A pod log line (from a follower thread): kept in order after the step's step_started."""
         with self._log_lock:
-            handle = self.steps[step].log
-            if handle is not None:
-                handle.write(line + "\n")
-                handle.flush()
-        self.emit("step_log", step=step, stream="stdout", line=line)
+            step = self.steps[name]
+            if self._closed:
+                return
+            if step.state in ("pending", "queued"):
+                step.early.append(line)
+                return
+            self._log_line(step, line)
+
+    def _log_line(self, step: _Step, line: str) -> None:
+        """Write and emit one line; the caller holds `_log_lock`."""
+        if step.log is None:
+            path = self.engine.workspace.step_folder(self.run_id, step.name) / "log.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            step.log = path.open("a", encoding="utf-8")
+        step.log.write(line + "\n")
+        step.log.flush()
+        self.emit("step_log", step=step.name, stream="stdout", line=line)
 
     # ------------------------------------------------------------------ the run
 
@@ -280,9 +295,11 @@ class _Monitor:
         finally:
             if self.logs is not None:
                 self.logs.close()
-            for step in self.steps.values():
-                if step.log is not None:
-                    step.log.close()
+            with self._log_lock:
+                self._closed = True
+                for step in self.steps.values():
+                    if step.log is not None:
+                        step.log.close()
         state, message = self._outcome(error)
         if error is None:
             self._skip_unstarted(state)
@@ -308,9 +325,9 @@ class _Monitor:
                     self._sleep(delay)
                     continue
                 last_contact = time.monotonic()
-                changed = self._update(run)
                 if self.logs is not None:
-                    self.logs.scan()
+                    self.logs.scan()  # first: a step that ran between two polls has its log to drain
+                changed = self._update(run)
                 if self.remote_state in TERMINAL_RUN_STATES:
                     return
                 self._check_cancel()
@@ -440,16 +457,18 @@ class _Monitor:
         self._queued(step)
         if step.state != "queued":
             return
-        step.state, step.started = "running", time.monotonic()
         folder = self.engine.workspace.step_folder(self.run_id, step.name)
         folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "log.txt"
-        with self._log_lock:
-            step.log = log_path.open("a", encoding="utf-8")
-        data = {"folder": str(folder), "log": str(log_path)}
+        (folder / "log.txt").touch()
+        data = {"folder": str(folder), "log": str(folder / "log.txt")}
         if step.pod:
             data["pod"] = step.pod
-        self.emit("step_started", step=step.name, attempt=1, data=data)
+        with self._log_lock:
+            step.state, step.started = "running", time.monotonic()
+            self.emit("step_started", step=step.name, attempt=1, data=data)
+            for line in step.early:
+                self._log_line(step, line)
+            step.early.clear()
 
     def _ended(self, step: _Step, reported: float | None) -> float:
         """Let the step's log stream finish (its lines come before its end) and say how long it took."""
