@@ -100,13 +100,7 @@ def _graph(args: argparse.Namespace) -> int:
         from converter.kfp_compile import write_atomically
 
         target = Path(args.output)
-        if isinstance(data, bytes):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-        else:
-            write_atomically(target.parent, {target.name: data})
+        write_atomically(target.parent, {target.name: data})
     elif isinstance(data, bytes):
         if sys.stdout.isatty():
             raise CellpipeError(f"--format {args.format} writes binary data: give -o FILE")

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,7 @@ def _sorted_keys(value: Any) -> Any:
     return value
 
 
-def write_atomically(directory: Path, files: dict[str, str]) -> list[Path]:
+def write_atomically(directory: Path, files: Mapping[str, str | bytes]) -> list[Path]:
     """Write all files or none.
 
     Each file is staged under a temporary name next to its target, then all are renamed into
@@ -170,8 +170,8 @@ def write_atomically(directory: Path, files: dict[str, str]) -> list[Path]:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
             staged.append((Path(tmp_name), final))
             os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         _replace_all(staged)
     except OSError as exc:
         where = exc.filename2 if isinstance(exc, IsADirectoryError) and exc.filename2 else exc.filename
