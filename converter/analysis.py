@@ -644,7 +644,13 @@ class _CellAnalyzer:
         if definite and not self._conditional:
             state.definite.add(name)
         replaces = not self._conditional and not self._branch
-        if info is not None:
+        previous = self.functions.get(name)
+        if info is not None and previous is not None and not replaces:
+            # Defined on some paths only: a call may reach either definition.
+            self.functions[name] = _FunctionInfo(
+                previous.reads | info.reads, previous.mutates | info.mutates, previous.assigns | info.assigns
+            )
+        elif info is not None:
             self.functions[name] = info
         elif replaces:
             self.functions.pop(name, None)
