@@ -659,6 +659,24 @@ def test_resume_reruns_only_what_failed_or_never_ran(folder: Path, workspace: Pa
     assert log_lines(events, "c") == ["c got 6"]
     assert (folder / "a.count").read_text() == "a" and (folder / "d.count").read_text() == "d"
     assert RunStore(workspace / "runs.db").get_run(resumed.run_id).resumed_from == failed.run_id
+
+
+def test_resume_reruns_steps_whose_parameters_or_upstream_changed(folder: Path, workspace: Path) -> None:
+    pipeline = make_pipeline(
+        make_step("a", "x = n * 10", params=("n",), outputs=("x",)),
+        make_step("b", "y = x + 1", inputs=("x",), outputs=("y",)),
+        make_step("c", "assert os.path.exists('fixed')\nprint('c got', y)", inputs=("y",)),
+        params=(Parameter("n", "int", 1, 0),),
+        imports="import os",
+    )
+    failed, _ = run(pipeline, folder, workspace)
+    assert failed.step_states == {"a": "succeeded", "b": "succeeded", "c": "failed"}
+    (folder / "fixed").write_text("yes")
+    resumed, events = run(
+        pipeline, folder, workspace, use_cache=False, resume=failed.run_id, parameters={"n": 2}
+    )
+    assert resumed.step_states == {"a": "succeeded", "b": "succeeded", "c": "succeeded"}
+    assert log_lines(events, "c") == ["c got 21"]
     with pytest.raises(CellpipeError, match="no run"):
         LocalEngine(workspace=workspace).run(RunRequest(pipeline, folder / "nb.ipynb", resume="nope"), [])
 
@@ -753,6 +771,26 @@ def test_heavy_libraries_work_in_forked_steps(folder: Path, workspace: Path) -> 
     result, events = run(pipeline, folder, workspace)
     assert result.state == "succeeded", [e.message for e in of(events, "step_failed")]
     assert log_lines(events, "use") == ["(1000, 2) (1, 3) True"]
+
+
+def test_default_workspace_is_cellpipe_home(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CELLPIPE_HOME", str(tmp_path / "home"))
+    events: list[Event] = []
+    result = LocalEngine().run(
+        RunRequest(make_pipeline(make_step("a", "print(1)")), folder / "nb.ipynb"), [events.append]
+    )
+    assert (tmp_path / "home" / "runs" / result.run_id / "a" / "log.txt").read_text() == "1\n"
+    assert (events[0].data or {})["run_folder"] == str(tmp_path / "home" / "runs" / result.run_id)
+    assert RunStore(tmp_path / "home" / "runs.db").get_run(result.run_id).state == "succeeded"
+
+
+def test_engine_imports_no_ui_and_no_kfp() -> None:
+    code = "import sys, converter.engines.local; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(done.stdout.replace("'", '"')))
+    assert not loaded & {"kfp", "rich", "jupyter_ext", "IPython", "nbformat", "numpy", "pandas"}
 
 
 # ---------------------------------------------------------------------- the sample notebooks

@@ -192,15 +192,13 @@ class _Run:
         self.reusable: dict[str, StepOutcome] = {}
         self.resumed_parameters: dict[str, Any] = {}
         self.resume_id: str | None = None
+        self.reused: set[str] = set()  # steps taken over from the resumed run
         if request.resume:
-            request_run = self.store.get_run(request.resume)
-            if request_run.pipeline and request_run.pipeline != self.pipeline.name:
-                raise CellpipeError(
-                    f"run {request_run.id} ran pipeline {request_run.pipeline!r}, not {self.pipeline.name!r}"
-                )
-            self.resume_id = request_run.id
-            self.reusable = self.store.step_succeeded_outputs(request_run.id)
-            self.resumed_parameters = request_run.parameters
+            try:
+                self._resume_from(request.resume)
+            except BaseException:
+                self.store.close()
+                raise
         self.artifacts = ArtifactStore(workspace.artifacts)
         self.programs = {s.name: stepcode.program(self.pipeline, s) for s in self.pipeline.steps}
         self.run_id = self.store.create_run(
@@ -235,6 +233,17 @@ class _Run:
             )
         values.update(self.request.parameters)
         return values
+
+    def _resume_from(self, run_id: str) -> None:
+        earlier = self.store.get_run(run_id)
+        if earlier.pipeline and earlier.pipeline != self.pipeline.name:
+            raise CellpipeError(
+                f"cannot resume run {earlier.id}: it ran pipeline {earlier.pipeline!r}, "
+                f"not {self.pipeline.name!r}"
+            )
+        self.resume_id = earlier.id
+        self.reusable = self.store.step_succeeded_outputs(earlier.id)
+        self.resumed_parameters = earlier.parameters
 
     def _check_inputs(self) -> None:
         for step in self.pipeline.steps:
@@ -341,11 +350,9 @@ class _Run:
             deadline = now
         ready, _, _ = select.select([self.wake_r], [], [], max(0.0, deadline - now))
         if ready:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 while os.read(self.wake_r, 512):
                     pass
-            except BlockingIOError:
-                pass
 
     def _abandon(self) -> None:
         """An engine error or Ctrl-C outside the loop's care: stop every step."""
@@ -393,10 +400,11 @@ class _Run:
         run.cacheable = self.request.use_cache and setting
 
     def _reuse(self, run: _StepRun) -> bool:
-        """--resume: a step that succeeded in the earlier run, with the same parameters, is kept."""
+        """--resume: a step that succeeded in the earlier run is kept, unless what it computed from
+        changed: a parameter it reads, or an upstream step that runs again."""
         name = run.step.name
         outcome = self.reusable.get(name)
-        if outcome is None:
+        if outcome is None or not all(u in self.reused for u in self.pipeline.upstream(name)):
             return False
         old = self.resumed_parameters
         same_parameters = all(
@@ -407,6 +415,7 @@ class _Run:
         )
         if not (same_parameters and outputs_there):
             return False
+        self.reused.add(name)
         self._use(
             run,
             {v: outcome.outputs[v] for v in run.step.outputs},
