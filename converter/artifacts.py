@@ -108,6 +108,11 @@ class ArtifactStore:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    def discard_run(self, run_id: str) -> None:
+        """Drop what a run's unfinished steps left in staging (after its engine was killed)."""
+        for staging in (self.root / "tmp").glob(f"{run_id}.*"):
+            self.discard(staging)
+
     def commit(self, staged: Mapping[str, Path], key: str, execution: str | None) -> dict[str, str]:
         """Move each staged output folder into the store; variable -> digest.
 

@@ -139,3 +139,11 @@ def test_latest_remembered_execution_wins(tmp_path: Path) -> None:
     hit = store.lookup(k, [])
     assert hit is not None and hit.run_id == "r2" and hit.metrics == {"m": 2.0}
     assert not list((tmp_path / "artifacts" / "cache").rglob(".*"))  # no temporary files left
+
+
+def test_discard_run_drops_only_that_runs_staging(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    dead = write_value(store.staging("20261126-100000-aaaa.train.1") / "x", "1")
+    alive = write_value(store.staging("20261126-100000-bbbb.train.1") / "x", "2")
+    store.discard_run("20261126-100000-aaaa")
+    assert not dead.exists() and alive.exists()

@@ -566,8 +566,12 @@ def test_killed_engine_leaves_an_orphan_the_next_start_marks(folder: Path, works
     finally:
         engine.send_signal(signal.SIGKILL)
         engine.wait()
+    assert list((workspace / "artifacts" / "tmp").glob(f"{run.id}.*"))  # the step's unfinished outputs
+    LocalEngine(workspace=workspace).run(
+        RunRequest(make_pipeline(make_step("next", "pass")), folder / "nb.ipynb"), []
+    )
     store = RunStore(workspace / "runs.db")
-    assert store.mark_orphans() == [run.id]
+    assert not list((workspace / "artifacts" / "tmp").glob(f"{run.id}.*"))  # cleaned by the next engine
     marked = store.get_run(run.id)
     assert (marked.state, marked.message) == ("failed", "engine stopped")
     assert gone(int((folder / "step.pid").read_text()))  # the fork server took its steps with it

@@ -188,7 +188,9 @@ class _Run:
         self.cwd = request.notebook.resolve().parent
         workspace = engine.workspace
         self.store = RunStore(workspace.database)
-        self.store.mark_orphans()
+        self.artifacts = ArtifactStore(workspace.artifacts)
+        for orphan in self.store.mark_orphans():
+            self.artifacts.discard_run(orphan)
         self.reusable: dict[str, StepOutcome] = {}
         self.resumed_parameters: dict[str, Any] = {}
         self.resume_id: str | None = None
@@ -199,7 +201,6 @@ class _Run:
             except BaseException:
                 self.store.close()
                 raise
-        self.artifacts = ArtifactStore(workspace.artifacts)
         self.programs = {s.name: stepcode.program(self.pipeline, s) for s in self.pipeline.steps}
         self.run_id = self.store.create_run(
             self.pipeline.name,
