@@ -19,6 +19,11 @@ kills running steps and ends the run "cancelled".
 
 Missing packages are not installed into the user's environment: steps run with ``--no-install``
 and fail naming the module and its pip distribution.
+
+Figures on a 2-CPU VM: a trivial step costs ~20 ms through the fork server and ~50 ms as a fresh
+interpreter; with a pandas + scikit-learn imports cell, ~25 ms against ~1.35 s (the imports are
+paid once per run, in the fork server). Handing a step's outputs to the next step takes ~1 ms
+(a rename); the rest of moving a value is the runtime's save and load.
 """
 
 from __future__ import annotations
@@ -129,7 +134,8 @@ class _StepRun:
 
 
 class LocalEngine:
-    """Runs pipelines on this machine; see the module docstring."""
+    """Runs pipelines on this machine; see the module docstring. One run at a time per instance
+    (`cancel()` addresses the current one); make one instance per concurrent run."""
 
     name = "local"
 
