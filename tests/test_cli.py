@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -250,7 +251,9 @@ def test_an_output_path_that_is_a_file_is_a_clear_message(
     assert blocker.read_text() == "a file, not a folder\n"
 
 
-CELLPIPE = shutil.which("cellpipe")
+# The console script installed with this interpreter (found first: a version manager's shim is slow).
+_SCRIPT = Path(sys.executable).parent / "cellpipe"
+CELLPIPE = str(_SCRIPT) if _SCRIPT.is_file() else shutil.which("cellpipe")
 
 
 @pytest.mark.skipif(CELLPIPE is None, reason="the cellpipe script is not installed")
