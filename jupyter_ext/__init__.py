@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_WIDGETS = frozenset({"launcher", "Launcher", "RunMonitor", "run_notebook"})
+_WIDGETS = frozenset({"launcher", "Launcher", "RunMonitor", "run_notebook", "watch"})
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

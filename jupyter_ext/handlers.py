@@ -94,9 +94,9 @@ class Service:
         return feed
 
     def leave(self, feed: Feed, wake: asyncio.Event) -> None:
-        """A client is gone; a finished run's feed goes with its last client."""
+        """A client is gone; the feed goes with its last client (the run keeps the events)."""
         feed.clients.discard(wake)
-        if not feed.clients and feed.run.finished and feed.run.run_id is not None:
+        if not feed.clients and feed.run.run_id is not None:
             self._feeds.pop(feed.run.run_id, None)
             feed.close()
 

@@ -55,6 +55,7 @@ STATE_COLOURS = {
     "cancelled": ("#f3e5f5", "#8e24aa"),
 }
 RUN_BAR_STYLE = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
+FINAL_RUN_STATES = frozenset(RUN_BAR_STYLE)
 
 
 def _seconds(value: float) -> str:
@@ -139,14 +140,21 @@ class RunMonitor:
                 self.metrics_table,
             ]
         )
+        self._thread: threading.Thread | None = None  # started by the first event
         self._draw()
-        threading.Thread(target=self._apply_events, name="cellpipe-monitor", daemon=True).start()
 
     # ------------------------------------------------------------------ input
 
     def feed(self, event: Event) -> None:
         """Hand over one event (an `EventSink`); cheap, safe from any thread, never blocks."""
         self._inbox.put(event)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._apply_events, name="cellpipe-monitor", daemon=True
+                    )
+                    self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ended and the monitor shows its final state; False on timeout."""
@@ -169,32 +177,31 @@ class RunMonitor:
     # ------------------------------------------------------------------ the monitor's thread
 
     def _apply_events(self) -> None:
+        """Apply queued events; redraw at most every REDRAW_SECONDS, and every TICK_SECONDS while running."""
         drawn = 0.0
+        pending = False  # applied events not drawn yet
         while True:
-            dirty = False
+            wait = TICK_SECONDS if not pending else max(0.0, REDRAW_SECONDS - (time.monotonic() - drawn))
             try:
-                event: Event | None = self._inbox.get(timeout=TICK_SECONDS)
+                event: Event | None = self._inbox.get(timeout=wait)
             except queue.Empty:
                 event = None
             while event is not None:
                 self._apply(event)
-                dirty = True
+                pending = True
                 try:
                     event = self._inbox.get_nowait()
                 except queue.Empty:
                     event = None
-            if self.state in ("succeeded", "failed", "cancelled"):
+            if self.state in FINAL_RUN_STATES:
                 self._draw()
                 self._publish()
                 self._done.set()
                 return
-            now = time.monotonic()
-            if dirty and now - drawn < REDRAW_SECONDS:
-                time.sleep(REDRAW_SECONDS - (now - drawn))  # let a burst of events pile up
-                continue
-            if dirty or self.state == "running":
+            since = time.monotonic() - drawn
+            if (pending and since >= REDRAW_SECONDS) or (self.state == "running" and since >= TICK_SECONDS):
                 self._draw()
-                drawn = time.monotonic()
+                drawn, pending = time.monotonic(), False
 
     def _apply(self, event: Event) -> None:
         with self._lock:
@@ -354,7 +361,7 @@ class RunMonitor:
                 self.step_choice.value = current
             self._auto_choice = False
         self._follow_step()
-        if state in ("succeeded", "failed", "cancelled"):
+        if state in FINAL_RUN_STATES:
             self.cancel_button.disabled = True
         self._draw_log()
 

@@ -217,3 +217,20 @@ def test_levels_follow_the_dag() -> None:
         ["d"],
     ]
     assert levels(["x", "y"], {}) == [["x", "y"]]
+
+
+def test_watch_follows_a_run_started_elsewhere_from_the_store(tmp_path: Path) -> None:
+    from converter.engines.base import RunRequest
+    from converter.engines.local import LocalEngine
+    from converter.reader import read_notebook
+    from jupyter_ext import watch
+
+    notebook = diamond(tmp_path / "d.ipynb")
+    result = LocalEngine().run(RunRequest(read_notebook(notebook), notebook), [])  # like `cellpipe run`
+    monitor = watch(result.run_id[:-1])  # a unique prefix is enough, as with `cellpipe runs show`
+    assert monitor.wait(30)
+    assert monitor.run_id == result.run_id and monitor.state == "succeeded"
+    assert monitor.step_states == dict.fromkeys(STEPS, "succeeded")
+    assert "total" in monitor.metrics_table.value
+    with pytest.raises(CellpipeError, match="no run"):
+        watch("19990101-000000-0000")
