@@ -127,11 +127,6 @@ class KfpEngine:
         self._cancelled.set()
         self._wake.set()
 
-    def resolve_connection(self) -> Connection:
-        if self.connection is None:
-            self.connection = resolve(host=self.host, namespace=self.namespace, auth=self.auth)
-        return self.connection
-
     def run(self, request: RunRequest, sinks: list[EventSink]) -> RunResult:
         from converter.kfp_compile import compile_pipeline
 
@@ -146,7 +141,8 @@ class KfpEngine:
                 f"unknown parameter(s) {', '.join(unknown)} (the pipeline has: {', '.join(values)})"
             )
         values.update(request.parameters)
-        connection = self.resolve_connection()
+        # Resolved per run: a long-lived engine (the Jupyter server's) sees a refreshed token or cookie.
+        connection = self.connection or resolve(host=self.host, namespace=self.namespace, auth=self.auth)
         cluster = Cluster.connect(connection)
         ir_yaml = compile_pipeline(pipeline).ir_yaml
         if not request.use_cache:
