@@ -7,14 +7,13 @@ The reader never stops at the first mistake: it gathers every problem, then rais
 from __future__ import annotations
 
 import ast
+import json
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import nbformat
 
 from converter import packaging, tags
 from converter.analysis import BUILTIN_NAMES, CellAnalysis, CellSyntaxError, analyze_cell, analyze_sequence
@@ -58,19 +57,36 @@ def check_notebook(path: str | Path) -> tuple[Pipeline | None, list[Problem]]:
     return check_node(load(path), str(path))
 
 
-def load(path: Path) -> nbformat.NotebookNode:
-    """Read any nbformat version (older ones upgraded to v4); unreadable files are user errors."""
+def load(path: Path) -> dict[str, Any]:
+    """Read any nbformat version (older ones upgraded to v4); unreadable files are user errors.
+
+    A v4 file is read as plain JSON: importing nbformat pulls in jsonschema and its format
+    checkers, which can cost more than a second, on the path of every `cellpipe run`. Older
+    formats go through nbformat, which knows how to upgrade them.
+    """
     if not path.is_file():
         raise CellpipeError(f"{path}: no such notebook")
     try:
-        with path.open(encoding="utf-8") as handle:
-            return nbformat.read(handle, as_version=4)
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CellpipeError(f"{path}: not a readable Jupyter notebook ({reason})") from None
+    if isinstance(data, dict) and data.get("nbformat") == 4 and isinstance(data.get("cells"), list):
+        for cell in data["cells"]:
+            if isinstance(cell, dict) and isinstance(cell.get("source"), list):
+                cell["source"] = "".join(str(line) for line in cell["source"])
+        return data
+    import nbformat
+
+    try:
+        return dict(nbformat.reads(text, as_version=4))
     except Exception as exc:  # nbformat raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CellpipeError(f"{path}: not a readable Jupyter notebook ({reason})") from None
 
 
-def check_node(nb: nbformat.NotebookNode, notebook: str) -> tuple[Pipeline | None, list[Problem]]:
+def check_node(nb: Mapping[str, Any], notebook: str) -> tuple[Pipeline | None, list[Problem]]:
     """Build the pipeline of an in-memory notebook; the server extension calls this directly."""
     builder = _Builder(nb, notebook)
     pipeline = builder.build()
@@ -104,7 +120,7 @@ class _StepDraft:
 
 
 class _Builder:
-    def __init__(self, nb: nbformat.NotebookNode, notebook: str):
+    def __init__(self, nb: Mapping[str, Any], notebook: str):
         self.nb = nb
         self.notebook = notebook
         self.problems: list[Problem] = []
