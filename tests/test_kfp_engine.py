@@ -12,6 +12,8 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -751,3 +753,23 @@ def test_without_cache_turns_caching_off_for_every_task(notebook: Path) -> None:
     tasks = yaml.safe_load(without_cache(ir))["root"]["dag"]["tasks"]
     assert {t["cachingOptions"]["enableCache"] for t in tasks.values()} == {False}
     assert len(tasks) == len(STEPS)
+
+
+def test_the_double_refuses_requests_its_kfp_server_api_models_do_not_describe() -> None:
+    with KfpApiDouble() as server:
+        bodies = [
+            {"display_name": "r", "pipelineVersionId": "camelCase is not the API's field name"},
+            {"display_name": 5},
+            {"display_name": "r", "state": "ALMOST_DONE"},
+            {"display_name": "r", "runtime_config": {"parameters": []}},
+        ]
+        for body in bodies:
+            request = urllib.request.Request(
+                f"{server.url}/apis/v2beta1/runs", data=json.dumps(body).encode(), method="POST"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 400
+        assert len(server.problems) == len(bodies)
+        assert "unknown field 'pipelineVersionId'" in server.problems[0]
+        assert "expected str" in server.problems[1] and "ALMOST_DONE" in server.problems[2]
