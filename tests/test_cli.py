@@ -107,12 +107,15 @@ def test_validate_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
 def test_validate_json_notebook_level_problem_has_no_cell(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    path = tmp_path / "empty.ipynb"
-    nbformat.write(new_notebook(), path)
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    nb.metadata["cellpipe"] = ["not", "an", "object"]
+    path = tmp_path / "odd.ipynb"
+    nbformat.write(nb, path)
     code, out, _ = run(capsys, "validate", "--json", str(path))
     assert code == 2
     (problem,) = json.loads(out)["problems"]
-    assert (problem["cell"], problem["tag"], problem["severity"]) == (None, None, "error")
+    assert (problem["cell"], problem["tag"], problem["severity"]) == (None, "metadata.cellpipe", "error")
+    assert problem["message"] == "metadata.cellpipe must be a JSON object, not list"
 
 
 # ------------------------------------------------------------------------------------- compile
