@@ -53,14 +53,15 @@ def _hash(*parts: str) -> str:
 def cache_key(
     program: str,
     inputs: Mapping[str, str],
-    parameters: Mapping[str, str],
+    parameters: Mapping[str, str | None],
     image: str,
     packages: Sequence[str],
     env: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The key of a step execution: equal keys must give equal outputs for caching to be right.
 
-    `inputs` maps variable -> input digest, `parameters` name -> value as rendered on the command line.
+    `inputs` maps variable -> input digest, `parameters` name -> value as rendered on the command line
+    (None: an optional parameter left unset).
     """
     spec = {
         "inputs": dict(sorted(inputs.items())),

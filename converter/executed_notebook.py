@@ -40,7 +40,7 @@ def read_step_outputs(folders: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
 
 
 def build(
-    source: nbformat.NotebookNode,
+    source: Mapping[str, Any],
     pipeline: Pipeline,
     step_outputs: Mapping[str, Mapping[str, Any]],
     *,
@@ -56,7 +56,8 @@ def build(
     `parameters` are the values the user passed (papermill injects only those); `step_outputs` maps
     step name to its parsed `cell_outputs.json`; `failures` maps each failed step to why it failed.
     """
-    nb = nbformat.v4.upgrade(copy.deepcopy(source))  # to 4.5 (cell ids), as papermill does before inserting
+    # To 4.5 (cell ids), as papermill does before inserting.
+    nb = nbformat.v4.upgrade(nbformat.from_dict(copy.deepcopy(dict(source))))
     ran = _cells_that_ran(pipeline, step_outputs)
     for name, message in (failures or {}).items():
         _blame(ran, pipeline, name, step_outputs.get(name), message)

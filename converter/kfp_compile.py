@@ -38,6 +38,11 @@ class Compiled:
 
 
 def compile_pipeline(pipeline: Pipeline) -> Compiled:
+    if not pipeline.steps:
+        raise CellpipeError(
+            f"{pipeline.notebook}: nothing to compile: a KFP pipeline needs at least one step "
+            "(no code cells outside imports, functions, parameters, metrics and skipped cells)"
+        )
     source = kfp_dsl.render(pipeline)
     return Compiled(pipeline.name, source, compile_dsl(source, f"{pipeline.name}.py"))
 

@@ -108,20 +108,26 @@ def _component(pipeline: Pipeline, step: Step, python_name: str, ns: _Namespace)
     inputs, outputs = stepcode.artifact_names(step)
     types = {p.name: p.type for p in pipeline.parameters}
     signature = [f"{name}: Input[Artifact]" for name in inputs.values()]
-    signature += [f"{name}: {types[name]}" for name in step.parameters]
+    optional = stepcode.optional_parameters(pipeline)
+    signature += [f"{name}: {types[name]}" for name in step.parameters if name not in optional]
     signature += [f"{name}: Output[Artifact]" for name in outputs.values()]
     if step.metrics:
         signature.append(f"{stepcode.METRICS_ARTIFACT}: Output[Metrics]")
     if step.settings.report:
         signature.append(f"{stepcode.REPORT_ARTIFACT}: Output[HTML]")
-    args = []
-    for arg in stepcode.arguments(step):
-        if arg.kind == "literal":
-            args.append(repr(arg.value))
-        elif arg.kind == "parameter":
-            args.append(arg.value)
-        else:
-            args.append(f"{arg.value}.path")
+    signature += [f"{name}: {types[name]} = None" for name in step.parameters if name in optional]
+    args: list[str] = []
+    present: list[str] = []  # the flag of an optional parameter, emitted only when it has a value
+    for arg in stepcode.arguments(step, optional=optional):
+        text = repr(arg.value) if arg.kind == "literal" else arg.value if arg.kind == "parameter" else f"{arg.value}.path"
+        if arg.if_present is None:
+            args.append(text)
+            continue
+        present.append(text)
+        if arg.kind == "parameter":
+            then = ", ".join(present)
+            args.append(f"{ns.dsl}.IfPresentPlaceholder(input_name={arg.if_present!r}, then=[{then}])")
+            present = []
     cells = ", ".join(str(c.index) for c in step.cells)
     image = step.settings.image or pipeline.image
     params = ",\n".join(f"    {s}" for s in signature)
@@ -152,7 +158,7 @@ def _wrap(items: list[str], indent: int, width: int = 100) -> str:
     line: list[str] = []
     for item in items:
         line.append(item)
-        if item.startswith("'--") and len(line) > 1:
+        if (item.startswith("'--") or "IfPresentPlaceholder(" in item) and len(line) > 1:
             lines.append(", ".join(line[:-1]) + ",")
             line = [item]
     if line:

@@ -108,6 +108,11 @@ class Parameter:
     cell: int
     search: str | None = None  # the raw "# search: ..." annotation, if any
 
+    @property
+    def optional(self) -> bool:
+        """`name = None`, papermill's idiom for "to be given": an optional str, None when not given."""
+        return self.default is None
+
 
 @dataclass(frozen=True)
 class CodeCell:

@@ -105,6 +105,8 @@ def coerce(parameter: Parameter, value: object, raw: str | None, notebook: str) 
         shown = raw if raw is not None else value
         return CellpipeError(f"{notebook}: parameter {parameter.name!r} is {kind}; cannot use {shown!r}{why}")
 
+    if value is None and raw is None and parameter.optional:
+        return None  # `-f` can leave a `name = None` parameter unset
     if kind == "str":
         if raw is not None:
             return raw

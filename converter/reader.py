@@ -137,12 +137,13 @@ class _Builder:
         meta = self._notebook_settings()
         cells = self._parse_cells()
         drafts, roles, preamble = self._group(cells)
-        if not drafts and not any(p.severity == "error" for p in self.problems):
-            self.error(
+        if not drafts:
+            # As under papermill, a notebook with nothing to run runs (and does nothing);
+            # compiling it for KFP, which needs a task, is the error.
+            self.warn(
                 None,
                 None,
-                "nothing to run: no code cells outside imports, functions, parameters, metrics and "
-                "skipped cells (a pipeline needs at least one step)",
+                "nothing to run: no code cells outside imports, functions, parameters, metrics and skipped cells",
             )
         parameters = self._parameters(roles.get("parameters", []))
         steps, edges = self._data_flow(drafts, roles, preamble, parameters, meta)
@@ -401,13 +402,13 @@ class _Builder:
                         "parameter values travel as KFP parameters, not code",
                     )
                     continue
-                kind = _PARAM_TYPES.get(type(default))
+                kind = "str" if default is None else _PARAM_TYPES.get(type(default))
                 if kind is None:
                     self.error(
                         cell.index,
                         "parameters",
                         f"{target} has type {type(default).__name__}; "
-                        "use int, float, bool, str, list or dict",
+                        "use int, float, bool, str, list, dict or None",
                     )
                     continue
                 line = lines[node.lineno - 1] if node.lineno - 1 < len(lines) else ""

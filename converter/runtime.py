@@ -369,7 +369,11 @@ class _Step:
             missing = sorted(set(self.spec.get("inputs", [])) - set(args["input"]))
             if missing:
                 raise StepFailed(f"no --input given for {', '.join(missing)}")
+            optional = set(self.spec.get("optional", ()))
             for name, kind in self.spec.get("parameters", {}).items():
+                if name not in args["param"] and name in optional:
+                    self.ns[name] = None  # papermill's `name = None`, left unset
+                    continue
                 if name not in args["param"]:
                     raise StepFailed(f"no --param given for parameter {name!r}")
                 self.ns[name] = _typed(name, kind, args["param"][name])

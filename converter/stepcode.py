@@ -34,6 +34,7 @@ class Arg:
 
     kind: ArgKind
     value: str  # the literal text, or the artifact / parameter name
+    if_present: str | None = None  # part of an optional parameter's flag: left out when it has no value
 
 
 @functools.cache
@@ -49,7 +50,7 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
         *({"index": c.index, "role": "functions", "code": c.python} for c in pipeline.functions),
         *({"index": c.index, "role": "step", "code": c.python} for c in step.cells),
     ]
-    return {
+    result: dict[str, object] = {
         "step": step.name,
         "notebook": Path(pipeline.notebook).name,
         "cells": cells,
@@ -62,6 +63,10 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
         ),
         "ipython": step.uses_ipython,
     }
+    optional = sorted(optional_parameters(pipeline) & set(step.parameters))
+    if optional:
+        result["optional"] = optional  # may arrive without a value: then None
+    return result
 
 
 def step_tail(pipeline: Pipeline, step: Step) -> str:
@@ -146,14 +151,20 @@ def _unique(name: str, used: set[str]) -> str:
     return candidate
 
 
-def arguments(step: Step, executor_output: str | None = KFP_EXECUTOR_OUTPUT) -> list[Arg]:
-    """The step's argv after the program, with placeholders for artifacts and parameters."""
+def arguments(
+    step: Step, executor_output: str | None = KFP_EXECUTOR_OUTPUT, optional: frozenset[str] = frozenset()
+) -> list[Arg]:
+    """The step's argv after the program, with placeholders for artifacts and parameters.
+
+    `optional` names parameters that may have no value (default None): their flags carry `if_present`.
+    """
     inputs, outputs = artifact_names(step)
     args: list[Arg] = []
     for var, name in inputs.items():
         args += [Arg("literal", "--input"), Arg("literal", var), Arg("input", name)]
     for param in step.parameters:
-        args += [Arg("literal", "--param"), Arg("literal", param), Arg("parameter", param)]
+        group = param if param in optional else None
+        args += [Arg("literal", "--param", group), Arg("literal", param, group), Arg("parameter", param, group)]
     for var, name in outputs.items():
         args += [Arg("literal", "--output"), Arg("literal", var), Arg("output", name)]
     if step.metrics:
@@ -163,6 +174,10 @@ def arguments(step: Step, executor_output: str | None = KFP_EXECUTOR_OUTPUT) -> 
     if executor_output:
         args += [Arg("literal", "--executor-output"), Arg("literal", executor_output)]
     return args
+
+
+def optional_parameters(pipeline: Pipeline) -> frozenset[str]:
+    return frozenset(p.name for p in pipeline.parameters if p.optional)
 
 
 def python_names(pipeline: Pipeline) -> dict[str, str]:

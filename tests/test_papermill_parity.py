@@ -36,12 +36,7 @@ SKIPPED = {
     "cellpipe (never pip-installing into the user's environment) before the cell, so the cells differ",
 }
 # Disagreements that are known bugs or gaps; strict, so a fix shows up as a failure to remove the entry.
-KNOWN_GAPS = {
-    "simple_execute.ipynb": "`msg = None` in the parameters cell: cellpipe rejects None "
-    "(no pipeline parameter type), papermill runs it",
-    "binder.ipynb": "a %%bash cell without an IPython import: the step requires module 'ipython' "
-    "(the distribution name; the module is 'IPython') and fails before its cells, papermill in the cell",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

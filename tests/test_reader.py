@@ -15,7 +15,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from converter.errors import InvalidNotebook
+from converter.errors import CellpipeError, InvalidNotebook
+from converter.kfp_compile import compile_pipeline
 from converter.model import Pipeline, Problem, Resources, VolumeMount
 from converter.reader import check_node, check_notebook, read_notebook
 
@@ -661,10 +662,10 @@ NOT_DEFINED = "(not a builtin, import, parameter or earlier step's variable)"
             id="non-literal-parameter",
         ),
         pytest.param(
-            [("nothing = None\nprint(1)", ["parameters"]), ("x = 1", ["step:a"])],
+            [("nothing = {1, 2}\nprint(1)", ["parameters"]), ("x = 1", ["step:a"])],
             [
-                "nb.ipynb: cell 0 [parameters]: nothing has type NoneType; use int, float, bool, str, "
-                "list or dict",
+                "nb.ipynb: cell 0 [parameters]: nothing has type set; use int, float, bool, str, "
+                "list, dict or None",
                 "nb.ipynb: cell 0 [parameters]: line 2: a parameters cell holds only "
                 "NAME = literal assignments",
             ],
@@ -694,13 +695,25 @@ def test_bad_input_messages(cells: list[Cell], expected: list[str]) -> None:
     assert errors_of(*cells) == expected
 
 
-def test_a_notebook_with_nothing_to_run_is_an_error() -> None:
+def test_a_none_parameter_is_an_optional_str() -> None:
+    p, problems = check(("msg = None\nlimit = 3", ["parameters"]), ("print(msg, limit)", ["step:a"]))
+    assert p is not None and problems == []
+    msg, limit = p.parameters
+    assert (msg.type, msg.default, msg.optional) == ("str", None, True)
+    assert (limit.type, limit.optional) == ("int", False)
+
+
+def test_a_notebook_with_nothing_to_run_is_valid_but_does_not_compile() -> None:
     message = (
-        "nb.ipynb: notebook: nothing to run: no code cells outside imports, functions, parameters, "
-        "metrics and skipped cells (a pipeline needs at least one step)"
+        "nb.ipynb: notebook: warning: nothing to run: no code cells outside imports, functions, parameters, "
+        "metrics and skipped cells"
     )
-    assert errors_of("# md only prose") == [message]
-    assert errors_of(("import os", ["imports"]), ("x = 1", ["skip"])) == [message]
+    for cells in (["# md only prose"], [("import os", ["imports"]), ("x = 1", ["skip"])]):
+        p, problems = check(*cells)
+        assert p is not None and p.steps == ()
+        assert [str(x) for x in problems] == [message]
+        with pytest.raises(CellpipeError, match="nothing to compile: a KFP pipeline needs at least one step"):
+            compile_pipeline(p)
 
 
 def test_tag_metadata_conflict_is_only_a_warning() -> None:

@@ -60,6 +60,11 @@ NO_FORK_VARIABLE = "CELLPIPE_NO_FORK"  # set to 1 to start every step as a fresh
 _RUNTIME_FAILURE = re.compile(r"^cellpipe: step '[^']*'(?: \(.*\))? failed: (.*)$")
 
 
+def _rendered(value: object) -> str | None:
+    """None stays None: an optional parameter without a value gets no flag at all."""
+    return None if value is None else render_parameter(value)
+
+
 def render_parameter(value: object) -> str:
     """A parameter value as KFP puts it on a command line: str raw, bool true/false, list/dict JSON."""
     if isinstance(value, str):
@@ -119,7 +124,7 @@ class _StepRun:
     state: str = "pending"  # + queued, running, retry_wait, succeeded, cached, failed, skipped, cancelled
     attempt: int = 0
     inputs: dict[str, str] = field(default_factory=dict)  # variable -> digest
-    params: dict[str, str] = field(default_factory=dict)  # rendered values
+    params: dict[str, str | None] = field(default_factory=dict)  # rendered values; None: not given
     key: str = ""
     cacheable: bool = True
     outputs: dict[str, str] = field(default_factory=dict)
@@ -394,7 +399,7 @@ class _Run:
         run.inputs = {
             var: self.steps[self.pipeline.producer(step.name, var)].outputs[var] for var in step.inputs
         }
-        run.params = {name: render_parameter(self.values[name]) for name in step.parameters}
+        run.params = {name: _rendered(self.values[name]) for name in step.parameters}
         run.key = cache_key(
             self.programs[step.name],
             run.inputs,
@@ -415,7 +420,7 @@ class _Run:
             return False
         old = self.resumed_parameters
         same_parameters = all(
-            param in old and render_parameter(old[param]) == value for param, value in run.params.items()
+            param in old and _rendered(old[param]) == value for param, value in run.params.items()
         )
         outputs_there = all(
             var in outcome.outputs and self.artifacts.exists(outcome.outputs[var]) for var in run.step.outputs
@@ -505,11 +510,14 @@ class _Run:
         paths[stepcode.METRICS_ARTIFACT] = str(folder / "metrics.json")
         paths[stepcode.REPORT_ARTIFACT] = str(folder / "report.html")
         argv: list[str] = []
-        for arg in stepcode.arguments(step, executor_output=None):
+        optional = stepcode.optional_parameters(self.pipeline)
+        for arg in stepcode.arguments(step, executor_output=None, optional=optional):
+            if arg.if_present is not None and run.params.get(arg.if_present) is None:
+                continue  # an optional parameter without a value: its flag is left out, as on KFP
             if arg.kind == "literal":
                 argv.append(arg.value)
             elif arg.kind == "parameter":
-                argv.append(run.params[arg.value])
+                argv.append(run.params[arg.value] or "")
             else:
                 argv.append(paths[arg.value])
         argv += ["--cell-outputs", str(folder / "cell_outputs.json"), "--no-install"]
