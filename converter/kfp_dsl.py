@@ -119,7 +119,10 @@ def _component(pipeline: Pipeline, step: Step, python_name: str, ns: _Namespace)
     args: list[str] = []
     present: list[str] = []  # the flag of an optional parameter, emitted only when it has a value
     for arg in stepcode.arguments(step, optional=optional):
-        text = repr(arg.value) if arg.kind == "literal" else arg.value if arg.kind == "parameter" else f"{arg.value}.path"
+        if arg.kind == "literal":
+            text = repr(arg.value)
+        else:
+            text = arg.value if arg.kind == "parameter" else f"{arg.value}.path"
         if arg.if_present is None:
             args.append(text)
             continue

@@ -143,7 +143,8 @@ class _Builder:
             self.warn(
                 None,
                 None,
-                "nothing to run: no code cells outside imports, functions, parameters, metrics and skipped cells",
+                "nothing to run: no code cells outside imports, functions, parameters, metrics "
+                "and skipped cells",
             )
         parameters = self._parameters(roles.get("parameters", []))
         steps, edges = self._data_flow(drafts, roles, preamble, parameters, meta)

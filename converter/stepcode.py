@@ -164,7 +164,8 @@ def arguments(
         args += [Arg("literal", "--input"), Arg("literal", var), Arg("input", name)]
     for param in step.parameters:
         group = param if param in optional else None
-        args += [Arg("literal", "--param", group), Arg("literal", param, group), Arg("parameter", param, group)]
+        args += [Arg("literal", "--param", group), Arg("literal", param, group)]
+        args.append(Arg("parameter", param, group))
     for var, name in outputs.items():
         args += [Arg("literal", "--output"), Arg("literal", var), Arg("output", name)]
     if step.metrics:

@@ -332,7 +332,7 @@ def test_runs_cancel_and_logs_follow_a_running_run(tmp_path: Path) -> None:
         run_id = json.loads(_wait_for_line(process, '"tick 2"'))["run_id"]
         follower = _start("runs", "logs", run_id, "slow", "--follow", cwd=tmp_path)
         _wait_for_line(follower, "tick 5")  # it streams while the step runs...
-        _wait_for_line(follower, "tick 6")  # ...line after line (read here: communicate() skips buffered lines)
+        _wait_for_line(follower, "tick 6")  # ...line by line (read here: communicate() skips buffered lines)
         cancel = _cellpipe("runs", "cancel", run_id[:15])  # a unique prefix is enough
         assert cancel.returncode == 0 and run_id in cancel.stdout
         assert process.wait(timeout=30) == 130
