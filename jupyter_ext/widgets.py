@@ -146,7 +146,7 @@ class RunMonitor:
     # ------------------------------------------------------------------ input
 
     def feed(self, event: Event) -> None:
-        """Hand over one event (an `EventSink`); cheap, safe from any thread, never blocks."""
+        """Hand over one event (an `EventSink`): safe from any thread, and it never waits for a redraw."""
         self._inbox.put(event)
         if self._thread is None:
             with self._lock:
