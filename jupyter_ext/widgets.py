@@ -495,6 +495,8 @@ def _input_for(parameter: Parameter) -> widgets.Widget:
         return widgets.IntText(value=default, description=name, style=style)
     if parameter.type == "float":
         return widgets.FloatText(value=default, description=name, style=style)
+    if parameter.optional:  # `name = None`: an optional str, left unset when the box stays empty
+        return widgets.Text(value="", placeholder="None (not set)", description=name, style=style)
     if parameter.type == "str":
         return widgets.Text(value=str(default), description=name, style=style)
     return widgets.Textarea(  # list, dict: JSON text
@@ -536,6 +538,8 @@ class Launcher:
         texts: list[tuple[str, str]] = []
         for parameter in self.pipeline.parameters:
             value = self.inputs[parameter.name].value
+            if parameter.optional and value == "":
+                continue
             if parameter.type in ("list", "dict", "str"):
                 texts.append((parameter.name, value))  # parsed as `cellpipe run -p NAME TEXT` would be
             else:

@@ -234,3 +234,14 @@ def test_watch_follows_a_run_started_elsewhere_from_the_store(tmp_path: Path) ->
     assert "total" in monitor.metrics_table.value
     with pytest.raises(CellpipeError, match="no run"):
         watch("19990101-000000-0000")
+
+
+def test_an_optional_parameter_stays_unset_until_given(tmp_path: Path) -> None:
+    notebook = write_notebook(
+        tmp_path / "opt.ipynb", [(["parameters"], "token = None\nn = 1"), (["step:use"], "print(token, n)")]
+    )
+    form = launcher(notebook)
+    assert isinstance(form.inputs["token"], widgets.Text) and form.inputs["token"].value == ""
+    assert form.values() == {"n": 1}
+    form.inputs["token"].value = "abc"
+    assert form.values() == {"token": "abc", "n": 1}
