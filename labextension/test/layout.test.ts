@@ -1,0 +1,86 @@
+import { describe, expect, it } from 'vitest';
+
+import { BOX_HEIGHT, applyEvent, isFinal, layoutGraph } from '../src/layout';
+
+const node = (id: string, level: number) => ({ id, level, cells: [] });
+
+describe('layoutGraph', () => {
+  it('puts levels in rows and centres each row', () => {
+    const layout = layoutGraph({
+      nodes: [node('load', 0), node('a', 1), node('b', 1), node('report', 2)],
+      edges: [
+        { source: 'load', target: 'a', kind: 'data' },
+        { source: 'load', target: 'b', kind: 'data' },
+        { source: 'a', target: 'report', kind: 'after' }
+      ]
+    });
+    const box = (id: string) => layout.boxes.find(b => b.id === id)!;
+    expect(box('load').y).toBeLessThan(box('a').y);
+    expect(box('a').y).toBe(box('b').y);
+    expect(box('a').x).toBeLessThan(box('b').x);
+    // a row of one is centred between the two below it
+    expect(box('load').x + box('load').width / 2).toBeCloseTo((box('a').x + box('b').x + box('b').width) / 2);
+    expect(layout.lines).toHaveLength(3);
+    const line = layout.lines.find(l => l.target === 'report')!;
+    expect(line.kind).toBe('after');
+    expect(line.y1).toBe(box('a').y + BOX_HEIGHT);
+    expect(line.y2).toBe(box('report').y);
+    for (const b of layout.boxes) {
+      expect(b.x).toBeGreaterThanOrEqual(0);
+      expect(b.x + b.width).toBeLessThanOrEqual(layout.width);
+      expect(b.y + b.height).toBeLessThanOrEqual(layout.height);
+    }
+  });
+
+  it('compacts sparse levels and drops edges to unknown nodes', () => {
+    const layout = layoutGraph({
+      nodes: [node('a', 0), node('b', 5)],
+      edges: [{ source: 'a', target: 'ghost', kind: 'data' }]
+    });
+    expect(layout.boxes[1].y - layout.boxes[0].y).toBeLessThan(3 * BOX_HEIGHT);
+    expect(layout.lines).toEqual([]);
+  });
+
+  it('draws an empty graph without throwing', () => {
+    const layout = layoutGraph({ nodes: [], edges: [] });
+    expect(layout.boxes).toEqual([]);
+    expect(layout.width).toBeGreaterThan(0);
+  });
+});
+
+describe('applyEvent', () => {
+  it('folds step events as the server does', () => {
+    let states = {};
+    for (const [type, step] of [
+      ['step_queued', 'a'],
+      ['step_started', 'a'],
+      ['step_retrying', 'a'],
+      ['step_succeeded', 'a'],
+      ['step_cached', 'b']
+    ]) {
+      states = applyEvent(states, { seq: 1, type, step });
+    }
+    expect(states).toEqual({ a: 'succeeded', b: 'cached' });
+  });
+
+  it('marks unfinished steps cancelled when the run is cancelled, and only then', () => {
+    const states = { a: 'succeeded' as const, b: 'running' as const, c: 'pending' as const };
+    expect(applyEvent(states, { seq: 9, type: 'run_finished', state: 'cancelled' })).toEqual({
+      a: 'succeeded',
+      b: 'cancelled',
+      c: 'cancelled'
+    });
+    expect(applyEvent(states, { seq: 9, type: 'run_finished', state: 'failed' })).toEqual(states);
+  });
+
+  it('does not change the states it is given', () => {
+    const states = { a: 'pending' as const };
+    applyEvent(states, { seq: 1, type: 'step_started', step: 'a' });
+    expect(states).toEqual({ a: 'pending' });
+  });
+
+  it('knows the final states', () => {
+    expect(['succeeded', 'failed', 'cached', 'skipped', 'cancelled'].every(s => isFinal(s as never))).toBe(true);
+    expect(['pending', 'queued', 'running'].some(s => isFinal(s as never))).toBe(false);
+  });
+});
