@@ -526,6 +526,26 @@ def test_cancel_kills_running_steps_and_saves_state(folder: Path, workspace: Pat
     assert not of(out["events"], "step_failed")
 
 
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_cancel_right_after_a_step_starts_still_kills_it(
+    folder: Path, workspace: Path, fork_server: bool
+) -> None:
+    """A step forked a moment ago may not lead its own process group yet; the cancel must not miss it."""
+    pipeline = make_pipeline(
+        make_step("a", "import time\ntime.sleep(3)\nopen('survived.txt', 'w').write('x')")
+    )
+    engine = LocalEngine(workspace=workspace, fork_server=fork_server)
+
+    def cancel_at_start(event: Event) -> None:
+        if event.type == "step_started":
+            engine.cancel()
+
+    request = RunRequest(pipeline=pipeline, notebook=folder / "nb.ipynb", use_cache=False)
+    result = engine.run(request, [cancel_at_start])
+    assert result.state == "cancelled"
+    assert not (folder / "survived.txt").exists()
+
+
 def test_cancel_requested_through_the_store(folder: Path, workspace: Path) -> None:
     pipeline = make_pipeline(make_step("a", SLEEPER, env=(("NAME", "a"),)))
     thread, seen, out = _run_in_thread(

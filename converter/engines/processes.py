@@ -433,5 +433,12 @@ def _pipe() -> tuple[int, int]:
 
 
 def _killpg(pgid: int) -> None:
-    with contextlib.suppress(OSError):  # already gone
+    """Kill a step's process group; a step forked a moment ago may not lead its group yet
+    (its first act is setsid), and then it is still alone: kill the process itself."""
+    try:
         os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):  # already gone
+            os.kill(pgid, signal.SIGKILL)
+    except OSError:
+        pass
