@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json", "dot", "svg", "png"], default="text")
     p.add_argument("-o", "--output", help="write to FILE instead of standard output")
 
-    from converter import cli_run  # noqa: F401  (registers run and runs)
+    from converter import cli_run, cli_serve, cli_tune  # noqa: F401  (register run, runs, serve, tune)
 
     for register in _EXTRA_PARSERS:
         register(sub)

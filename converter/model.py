@@ -96,6 +96,11 @@ class StepSettings:
     annotations: tuple[tuple[str, str], ...] = ()
     volumes: tuple[VolumeMount, ...] = ()
     report: bool = True
+    # Model serving (`serve:FRAMEWORK` on the step that produces the model), None: not served.
+    serve: str | None = None
+    serve_min_replicas: int | None = None
+    serve_max_replicas: int | None = None
+    canary_percent: int | None = None
 
 
 @dataclass(frozen=True)

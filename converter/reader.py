@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter import packaging, tags
+from converter import packaging, search_space, tags
 from converter.analysis import BUILTIN_NAMES, CellAnalysis, CellSyntaxError, analyze_cell, analyze_sequence
 from converter.errors import CellpipeError, InvalidNotebook
 from converter.model import (
@@ -147,6 +147,7 @@ class _Builder:
                 "and skipped cells",
             )
         parameters = self._parameters(roles.get("parameters", []))
+        self.problems.extend(search_space.check(self.notebook, parameters)[1])
         steps, edges = self._data_flow(drafts, roles, preamble, parameters, meta)
         if steps is None or edges is None:
             return None

@@ -262,7 +262,12 @@ _SETTING_KEYS = (
     "volume",
     "volumes",
     "report",
+    "serve",
+    "serve_min_replicas",
+    "serve_max_replicas",
+    "canary",
 )
+SERVE_FRAMEWORKS = ("sklearn", "xgboost", "pytorch", "custom")
 
 
 def _apply_setting(key: str, value: Any, tag: str, settings: Settings, sink: _Sink, from_tag: bool) -> None:
@@ -349,6 +354,21 @@ def _apply_setting(key: str, value: Any, tag: str, settings: Settings, sink: _Si
             if volume is None:
                 return bad("PVC:/mount/path, an existing PersistentVolumeClaim and an absolute path")
             settings.setdefault("volumes", []).append(volume)
+    elif key == "serve":
+        framework = str(value).strip()
+        if framework not in SERVE_FRAMEWORKS:
+            return bad("one of " + ", ".join(SERVE_FRAMEWORKS))
+        settings["serve"] = framework
+    elif key in ("serve_min_replicas", "serve_max_replicas"):
+        replicas = _positive_int(value, allow_zero=key == "serve_min_replicas")
+        if replicas is None:
+            return bad("a whole number of replicas")
+        settings[key] = replicas
+    elif key == "canary":
+        percent = _positive_int(str(value).strip().rstrip("%"), allow_zero=True)
+        if percent is None or percent > 100:
+            return bad("a traffic percentage from 0 to 100")
+        settings["canary_percent"] = percent
     else:
         sink.warn(tag, f"unknown {'tag' if from_tag else 'setting'} {tag!r} ignored")
     return None
@@ -463,6 +483,10 @@ def to_step_settings(settings: Settings) -> StepSettings:
         annotations=tuple(settings.get("annotations", ())),
         volumes=tuple(settings.get("volumes", ())),
         report=settings.get("report", True),
+        serve=settings.get("serve"),
+        serve_min_replicas=settings.get("serve_min_replicas"),
+        serve_max_replicas=settings.get("serve_max_replicas"),
+        canary_percent=settings.get("canary_percent"),
     )
 
 
@@ -482,3 +506,10 @@ def check_resources(notebook: str, cell: int, settings: StepSettings, problems: 
         )
     if (res.gpu_type or res.gpu_vendor != DEFAULT_GPU_VENDOR) and not res.gpu:
         sink.warn("gpu-type", "a GPU type or vendor is set but no gpu: count; no GPU is requested")
+    low, high = settings.serve_min_replicas, settings.serve_max_replicas
+    if low is not None and high is not None and low > high:
+        sink.error("serve-max-replicas", f"serve-min-replicas {low} is above serve-max-replicas {high}")
+    if settings.serve is None and (
+        low is not None or high is not None or settings.canary_percent is not None
+    ):
+        sink.warn("serve", "serve-min-replicas, serve-max-replicas and canary need a serve:FRAMEWORK tag")

@@ -1,0 +1,258 @@
+"""Serving: serve:* tags, the KServe InferenceService, and `cellpipe serve --local` over HTTP (V1 and V2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kserve.models as kserve_models
+import kubernetes.client.models as k8s_models
+import numpy as np
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from converter import serving
+from converter.engines.base import RunRequest
+from converter.engines.local import LocalEngine
+from converter.errors import CellpipeError
+from converter.reader import check_node, read_notebook
+from tests.openapi_models import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_notebooks" / "sklearn_tabular.ipynb"
+CELLPIPE = str(Path(sys.executable).with_name("cellpipe"))
+
+
+def _notebook(*train_tags: str) -> Any:
+    nb = new_notebook()
+    cells = [
+        ("n = 3", ["parameters"]),
+        ("model = {'n': n}", ["step:train", *train_tags]),
+        ("print(model)", ["step:report"]),
+    ]
+    for source, tags in cells:
+        cell = new_code_cell(source)
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    return nb
+
+
+def test_serve_tags_land_in_the_step_settings() -> None:
+    nb = _notebook("serve:sklearn", "serve-min-replicas:1", "serve-max-replicas:4", "canary:25", "cpu:1")
+    pipeline, problems = check_node(nb, "nb.ipynb")
+    assert pipeline is not None, problems
+    settings = pipeline.step("train").settings
+    assert (settings.serve, settings.serve_min_replicas, settings.serve_max_replicas) == ("sklearn", 1, 4)
+    assert settings.canary_percent == 25
+    assert not [p for p in problems if "unknown" in p.message]
+
+
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        ("serve:tensorflow", "'tensorflow' is not a valid serve value (expected one of sklearn, xgboost"),
+        ("canary:150", "'150' is not a valid canary value"),
+        ("serve-max-replicas:lots", "'lots' is not a valid serve-max-replicas value"),
+    ],
+)
+def test_bad_serve_tags_are_errors(tag: str, message: str) -> None:
+    pipeline, problems = check_node(_notebook("serve:sklearn", tag), "nb.ipynb")
+    assert pipeline is None
+    assert any(message in str(p) and f"[{tag}]" in str(p) for p in problems), problems
+
+
+def test_min_above_max_replicas_is_an_error() -> None:
+    nb = _notebook("serve:custom", "serve-min-replicas:5", "serve-max-replicas:2")
+    pipeline, problems = check_node(nb, "nb.ipynb")
+    assert pipeline is None
+    assert "serve-min-replicas 5 is above serve-max-replicas 2" in str(problems[0])
+
+
+def test_inference_service_matches_the_kserve_sdk_models() -> None:
+    nb = _notebook(
+        "serve:sklearn", "serve-min-replicas:1", "serve-max-replicas:3", "canary:10", "cpu:1", "gpu:1"
+    )
+    pipeline, _ = check_node(nb, "nb.ipynb")
+    assert pipeline is not None
+    step = serving.served_step(pipeline)
+    manifest = serving.inference_service(pipeline, step, "s3://bucket/model", namespace="team")
+    assert validate(manifest, "V1beta1InferenceService", [kserve_models, k8s_models]) == []
+    predictor = manifest["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["canaryTrafficPercent"]) == (
+        1,
+        3,
+        10,
+    )
+    assert predictor["model"]["modelFormat"] == {"name": "sklearn"}
+    assert predictor["model"]["storageUri"] == "s3://bucket/model"
+    assert predictor["model"]["resources"] == {"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+
+
+def test_custom_inference_service_runs_the_step_image() -> None:
+    nb = _notebook("serve:custom", "image:registry.example/predictor:1", "memory:1Gi")
+    pipeline, _ = check_node(nb, "nb.ipynb")
+    assert pipeline is not None
+    manifest = serving.inference_service(pipeline, pipeline.step("train"), "pvc://models/m")
+    assert validate(manifest, "V1beta1InferenceService", [kserve_models, k8s_models]) == []
+    container = manifest["spec"]["predictor"]["containers"][0]
+    assert container["image"] == "registry.example/predictor:1"
+    assert {"name": "STORAGE_URI", "value": "pvc://models/m"} in container["env"]
+
+
+def test_served_variable_is_model_or_the_only_output() -> None:
+    pipeline = read_notebook(SAMPLE)
+    assert serving.served_variable(pipeline.step("train")) == "model"
+    with pytest.raises(CellpipeError, match="cannot tell which value is the model"):
+        serving.served_variable(pipeline.step("preprocess"))
+
+
+# ---------------------------------------------------------------- cellpipe serve --local
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _post(url: str, body: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Any]]:
+    """Train the sample locally, then `cellpipe serve RUN train --local` it: (base URL, X_test, model)."""
+    from converter.artifacts import ArtifactStore
+    from converter.runstore import RunStore
+    from converter.runtime import load_value
+    from converter.workspace import Workspace
+
+    folder = tmp_path_factory.mktemp("serve")
+    notebook = folder / SAMPLE.name
+    shutil.copy(SAMPLE, notebook)
+    home = folder / "home"
+    result = LocalEngine(home).run(RunRequest(read_notebook(notebook), notebook), [])
+    assert result.state == "succeeded"
+    store = RunStore(Workspace(home).database)
+    try:
+        steps = {s.name: s for s in store.get_run(result.run_id).steps}
+    finally:
+        store.close()
+    artifacts = ArtifactStore(Workspace(home).artifacts)
+    x_test = load_value(artifacts.path(steps["preprocess"].outputs["X_test_scaled"]))
+    model = load_value(artifacts.path(steps["train"].outputs["model"]))
+    port = _free_port()
+    env = {**os.environ, "CELLPIPE_HOME": str(home)}
+    process = subprocess.Popen(
+        [CELLPIPE, "serve", result.run_id[:15], "train", "--local", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/v2/models/train/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the model server did not get ready in 60 s"
+            time.sleep(0.2)
+        yield base, x_test, model
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_v1_predictions_are_the_models(served: tuple[str, Any, Any]) -> None:
+    base, x_test, model = served
+    rows = np.asarray(x_test)[:20]
+    status, answer = _post(
+        f"{base}/v1/models/train:predict", json.dumps({"instances": rows.tolist()}).encode()
+    )
+    assert status == 200, answer
+    assert answer["predictions"] == model.predict(rows).tolist()
+
+
+def test_v2_predictions_are_the_models(served: tuple[str, Any, Any]) -> None:
+    base, x_test, model = served
+    rows = np.asarray(x_test)[:20]
+    body = {
+        "inputs": [
+            {"name": "x", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}
+        ]
+    }
+    status, answer = _post(f"{base}/v2/models/train/infer", json.dumps(body).encode())
+    assert status == 200, answer
+    output = answer["outputs"][0]
+    assert output["shape"] == [20]
+    assert output["data"] == model.predict(rows).tolist()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/train:predict", b"not json"),
+        ("/v1/models/train:predict", b'{"rows": [[1, 2]]}'),
+        ("/v1/models/train:predict", b'{"instances": [[1, 2]]}'),
+        ("/v1/models/train:predict", b'{"instances": [["a", "b"]]}'),
+        ("/v1/models/train:predict", b'{"instances": [1, 2, 3]}'),
+        ("/v2/models/train/infer", b'{"inputs": []}'),
+        (
+            "/v2/models/train/infer",
+            b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}',
+        ),
+        ("/v2/models/train/infer", b"{"),
+        ("/v1/models/nosuch:predict", b'{"instances": [[1]]}'),
+    ],
+)
+def test_bad_requests_get_4xx_and_the_server_lives_on(
+    served: tuple[str, Any, Any], path: str, body: bytes
+) -> None:
+    base, x_test, model = served
+    status, _ = _post(base + path, body)
+    assert 400 <= status < 500
+    rows = np.asarray(x_test)[:2]
+    status, answer = _post(
+        f"{base}/v1/models/train:predict", json.dumps({"instances": rows.tolist()}).encode()
+    )
+    assert status == 200 and answer["predictions"] == model.predict(rows).tolist()
+
+
+def test_serve_refuses_a_step_without_a_model(served: tuple[str, Any, Any], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [CELLPIPE, "serve", "nosuchrun", "train", "--local"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CELLPIPE_HOME": str(tmp_path)},
+    )
+    assert done.returncode == 2
+    assert "no run 'nosuchrun'" in done.stderr
+    assert "Traceback" not in done.stderr
