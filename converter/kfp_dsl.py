@@ -47,6 +47,7 @@ def render(pipeline: Pipeline) -> str:
             inspect.getsource(stepcode.packed),
             "\n\nSTEP_RUNTIME = packed(CELLPIPE_RUNTIME)\n",
             *(_component(pipeline, step, names[step.name], ns) for step in pipeline.steps),
+            *_deploy_component(pipeline, ns),
             _pipeline_function(pipeline, names, ns),
             _footer(pipeline),
         ]
@@ -64,6 +65,7 @@ class _Namespace:
     dsl: str
     kubernetes: str
     constants: dict[str, str]  # step name -> the constant holding its program
+    deploy: dict[str, str]  # the deploy step's names (function, task, manifest, code); {}: no serve: tag
 
     @classmethod
     def of(cls, pipeline: Pipeline, names: dict[str, str]) -> _Namespace:
@@ -73,7 +75,17 @@ class _Namespace:
             taken |= set(inputs.values()) | set(outputs.values())
         dsl, kubernetes = _free("dsl", taken), _free("kubernetes", taken)
         constants = {s.name: _free(names[s.name].upper() + "_CODE", taken) for s in pipeline.steps}
-        return cls(dsl, kubernetes, constants)
+        deploy: dict[str, str] = {}
+        if any(s.settings.serve for s in pipeline.steps):
+            taken |= {f"{name}_task" for name in names.values()}
+            for key, name in (
+                ("function", "deploy_model"),
+                ("task", "deploy_task"),
+                ("manifest", "DEPLOY_MANIFEST"),
+                ("code", "DEPLOY_CODE"),
+            ):
+                deploy[key] = _free(name, taken)
+        return cls(dsl, kubernetes, constants, deploy)
 
 
 def _free(name: str, taken: set[str]) -> str:
@@ -186,6 +198,14 @@ def _pipeline_function(pipeline: Pipeline, names: dict[str, str], ns: _Namespace
         taken.add(var)
     for step in pipeline.steps:
         lines += list(_task_lines(pipeline, step, names[step.name], variables, ns.kubernetes))
+    if ns.deploy:
+        from converter import serving
+
+        step = serving.served_step(pipeline)
+        _, outputs = stepcode.artifact_names(step)
+        leaves = [variables[s.name] for s in pipeline.steps if not pipeline.downstream(s.name)]
+        artifact = outputs[serving.served_variable(step)]
+        lines += serving.deploy_task_lines(variables[step.name], artifact, ns.deploy, leaves)
     if not pipeline.steps:
         lines.append("    pass")
     return "\n".join(lines) + "\n"
@@ -258,6 +278,15 @@ def _task_lines(
         yield f"    {k8s}.add_pod_annotation({var}, {key!r}, {value!r})"
     for volume in (*pipeline.volumes, *s.volumes):
         yield f"    {k8s}.mount_pvc({var}, pvc_name={volume.pvc!r}, mount_path={volume.mount_path!r})"
+
+
+def _deploy_component(pipeline: Pipeline, ns: _Namespace) -> list[str]:
+    """The KServe deploy component, when a step is tagged serve:FRAMEWORK (see `converter.serving`)."""
+    if not ns.deploy:
+        return []
+    from converter import serving
+
+    return [serving.deploy_component(pipeline, serving.served_step(pipeline), ns.deploy, ns.dsl)]
 
 
 def _footer(pipeline: Pipeline) -> str:

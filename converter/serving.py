@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -227,3 +227,90 @@ def serve_local(model: object, name: str, port: int, host: str = "127.0.0.1") ->
     )
     rest.config.host = host  # KServe binds every interface; a local run's model stays on loopback
     rest.run()
+
+
+# ---------------------------------------------------------------- the deploy step of a compiled pipeline
+
+# What the deploy step's pod runs: point the InferenceService at the model artifact's URI, then
+# create it or replace the existing one (a new revision; KServe shifts `canaryTrafficPercent` of
+# the traffic to it). KFP's default artifact store is MinIO, which KServe reads as S3.
+DEPLOY_SCRIPT = """\
+import json, subprocess, sys
+subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                "kubernetes>=27"], check=True)
+from kubernetes import client, config
+manifest, uri = json.loads(sys.argv[1]), sys.argv[2]
+if uri.startswith("minio://"):
+    uri = "s3://" + uri[len("minio://"):]
+predictor = manifest["spec"]["predictor"]
+if "model" in predictor:
+    predictor["model"]["storageUri"] = uri
+else:
+    for env in predictor["containers"][0]["env"]:
+        if env["name"] == "STORAGE_URI":
+            env["value"] = uri
+config.load_incluster_config()
+meta = manifest["metadata"]
+if not meta.get("namespace"):
+    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+        meta["namespace"] = f.read().strip()
+api = client.CustomObjectsApi()
+where = ("serving.kserve.io", "v1beta1", meta["namespace"], "inferenceservices")
+try:
+    current = api.get_namespaced_custom_object(*where, meta["name"])
+except client.ApiException as e:
+    if e.status != 404:
+        raise
+    api.create_namespaced_custom_object(*where, manifest)
+    print("created InferenceService", meta["namespace"] + "/" + meta["name"], "serving", uri)
+else:
+    meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+    api.replace_namespaced_custom_object(*where, meta["name"], manifest)
+    print("updated InferenceService", meta["namespace"] + "/" + meta["name"], "serving", uri)
+"""
+DEPLOY_PLACEHOLDER_URI = "placeholder://the-model-artifact"
+
+
+def deploy_component(pipeline: Pipeline, step: Step, names: Mapping[str, str], dsl: str) -> str:
+    """The DSL text of the deploy component for the served step (kfp_dsl appends it to the module).
+
+    `names`: the module names kfp_dsl reserved for it (function, manifest, code).
+    """
+    import json
+
+    from converter.kfp_dsl import literal
+
+    served = [s.name for s in pipeline.steps if s.settings.serve]
+    if len(served) > 1:
+        raise CellpipeError(
+            f"{pipeline.notebook}: steps {', '.join(served)} are all tagged serve:; "
+            "a pipeline deploys one model"
+        )
+    manifest = inference_service(pipeline, step, DEPLOY_PLACEHOLDER_URI)
+    return f"""
+
+{names["manifest"]} = {json.dumps(manifest, sort_keys=True)!r}
+{names["code"]} = {literal(DEPLOY_SCRIPT)}
+
+
+@dsl.container_component
+def {names["function"]}(model: Input[Artifact]):
+    \"\"\"Create or update the KServe InferenceService serving step {step.name!r}'s model.\"\"\"
+    return {dsl}.ContainerSpec(
+        image={pipeline.image!r},
+        command=["python3", "-c", {names["code"]}],
+        args=[{names["manifest"]}, model.uri],
+    )
+"""
+
+
+def deploy_task_lines(
+    step_variable: str, artifact: str, names: Mapping[str, str], leaves: Sequence[str]
+) -> list[str]:
+    """The pipeline-function lines calling the deploy component once every other task succeeded."""
+    task = names["task"]
+    lines = ["", "    # deploy the model to KServe once every step has succeeded"]
+    lines.append(f'    {task} = {names["function"]}(model={step_variable}.outputs["{artifact}"])')
+    lines += [f"    {task}.after({var})" for var in leaves if var != step_variable]
+    lines.append(f"    {task}.set_caching_options(False)")
+    return lines

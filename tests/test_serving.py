@@ -256,3 +256,110 @@ def test_serve_refuses_a_step_without_a_model(served: tuple[str, Any, Any], tmp_
     assert done.returncode == 2
     assert "no run 'nosuchrun'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- the compiled pipeline's deploy step
+
+
+def _tagged_sample(folder: Path) -> Path:
+    """The scikit-learn sample with its train step tagged for serving."""
+    data = json.loads(SAMPLE.read_text())
+    train = next(c for c in data["cells"] if "step:train" in c["metadata"].get("tags", []))
+    train["metadata"]["tags"] += ["serve:sklearn", "serve-max-replicas:2", "canary:20"]
+    path = folder / SAMPLE.name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_compiled_pipeline_ends_with_the_deploy_step(tmp_path: Path) -> None:
+    import yaml
+
+    from converter.kfp_compile import compile_pipeline
+
+    compiled = compile_pipeline(read_notebook(_tagged_sample(tmp_path)))
+    spec = next(yaml.safe_load_all(compiled.ir_yaml))
+    tasks = spec["root"]["dag"]["tasks"]
+    deploy = tasks["deploy-model"]
+    assert sorted(deploy["dependentTasks"]) == ["evaluate", "train"]  # after every other step's end
+    assert deploy["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model",
+        "producerTask": "train",
+    }
+    assert deploy["cachingOptions"] == {}  # caching off: a re-run deploys again
+    container = spec["deploymentSpec"]["executors"]["exec-deploy-model"]["container"]
+    manifest = json.loads(container["args"][0])
+    assert container["args"][1] == "{{$.inputs.artifacts['model'].uri}}"
+    assert validate(manifest, "V1beta1InferenceService", [kserve_models, k8s_models]) == []
+    predictor = manifest["spec"]["predictor"]
+    assert (predictor["maxReplicas"], predictor["canaryTrafficPercent"]) == (2, 20)
+    assert predictor["model"]["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    assert compile_pipeline(read_notebook(_tagged_sample(tmp_path))) == compiled  # byte-identical
+
+
+FAKE_KUBERNETES = """
+import json, os
+class ApiException(Exception):
+    def __init__(self, status):
+        self.status = status
+class _Config:
+    def load_incluster_config(self):
+        pass
+class CustomObjectsApi:
+    def _log(self, *call):
+        with open(os.environ["FAKE_K8S_LOG"], "a") as f:
+            f.write(json.dumps(call) + "\\n")
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        existing = os.environ.get("FAKE_K8S_EXISTING")
+        if not existing:
+            raise ApiException(404)
+        return {"metadata": {"resourceVersion": existing}}
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self._log("create", group, version, namespace, plural, body)
+    def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        self._log("replace", group, version, namespace, plural, body)
+class _Client:
+    ApiException = ApiException
+    CustomObjectsApi = CustomObjectsApi
+client, config = _Client(), _Config()
+"""
+
+
+@pytest.mark.parametrize("existing", ["", "41"])
+def test_deploy_script_creates_or_replaces_the_inference_service(tmp_path: Path, existing: str) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "kubernetes.py").write_text(FAKE_KUBERNETES)
+    pipeline = read_notebook(_tagged_sample(tmp_path))
+    manifest = serving.inference_service(pipeline, pipeline.step("train"), serving.DEPLOY_PLACEHOLDER_URI)
+    manifest["metadata"]["namespace"] = "team"
+    log = tmp_path / "calls.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(fake),
+        "FAKE_K8S_LOG": str(log),
+        "FAKE_K8S_EXISTING": existing,
+        "PIP_NO_INDEX": "1",  # kubernetes is installed here: pip only checks, never downloads
+    }
+    uri = "minio://mlpipeline/v2/artifacts/sklearn-tabular/run/train/model"
+    done = subprocess.run(
+        [sys.executable, "-c", serving.DEPLOY_SCRIPT, json.dumps(manifest), uri],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (call,) = [json.loads(line) for line in log.read_text().splitlines()]
+    verb, group, version, namespace, plural, body = call
+    assert verb == ("replace" if existing else "create")
+    assert (group, version, namespace, plural) == (
+        "serving.kserve.io",
+        "v1beta1",
+        "team",
+        "inferenceservices",
+    )
+    assert (
+        body["spec"]["predictor"]["model"]["storageUri"]
+        == "s3://mlpipeline/v2/artifacts/sklearn-tabular/run/train/model"
+    )
+    assert body["metadata"].get("resourceVersion") == (existing or None)
