@@ -119,6 +119,7 @@ def _katib(args: argparse.Namespace, pipeline: object, fixed: dict[str, object])
         parallel=args.parallel,
         algorithm=args.algorithm,
         namespace=args.namespace,
+        image=args.image,
         fixed=fixed,
     )
     text = katib.to_yaml(manifest)
@@ -166,6 +167,11 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("-o", "--output", metavar="FILE", help="with --katib: write the Experiment YAML here")
     p.add_argument("--namespace", default="kubeflow", help="with --katib: the Experiment's namespace")
+    p.add_argument(
+        "--image",
+        help="with --katib: the trial image, with cellpipe and the notebook's packages "
+        "(default: the notebook's image)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
 
 

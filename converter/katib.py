@@ -4,7 +4,9 @@ Each Katib trial is a Kubernetes Job whose container runs ``python -m converter.
 the notebook's pipeline (the very step programs the compiled KFP pipeline carries, through the
 local engine inside the trial pod) with the trial's parameters and prints every metric as
 ``name=value`` for Katib's StdOut metrics collector. The notebook travels in a ConfigMap next to
-the Experiment, so the trial image only needs cellpipe and the notebook's packages.
+the Experiment (mounted read-only: the runner copies it to a writable folder first), so the trial
+image only needs cellpipe and the notebook's packages. The trial pod runs the steps itself, so
+the trial's resources are the Job's, not the per-step requests of the compiled pipeline.
 
 `loguniform` ranges are searched by Katib over log10 of the value (the trial runner takes the
 power back), which every Katib version understands, rather than the `distribution` field only
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +106,7 @@ def experiment(
                             "name": CONTAINER,
                             "image": image or pipeline.image,
                             "command": command,
-                            "workingDir": NOTEBOOK_MOUNT,
+                            "env": [{"name": "CELLPIPE_HOME", "value": "/tmp/cellpipe"}],
                             "volumeMounts": [{"name": "notebook", "mountPath": NOTEBOOK_MOUNT}],
                         }
                     ],
@@ -209,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cellpipe: {exc}", file=sys.stderr)
         return 2
     notebook = Path(args.notebook).resolve()
+    if not os.access(notebook.parent, os.W_OK):
+        # A ConfigMap mount is read-only; steps run in the notebook's folder and may write files.
+        workdir = Path(tempfile.mkdtemp(prefix="cellpipe-trial-"))
+        notebook = Path(shutil.copy(notebook, workdir / notebook.name))
     result = LocalEngine().run(RunRequest(pipeline=pipeline, notebook=notebook, parameters=values), [])
     for metric, value in sorted(result.metrics.items()):
         print(f"{metric}={value!r}", flush=True)
