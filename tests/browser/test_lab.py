@@ -1,0 +1,278 @@
+"""JupyterLab with the cellpipe extension, driven in Debian's Chromium as a user would.
+
+One JupyterLab server (real token, its own settings and run store) and one browser page serve the whole
+module; the tests run in order, each on what the previous one left: tag cells through the form, save and
+read the .ipynb from disk, see the DAG gain an edge, run locally from the panel, run the notebook widget.
+Screenshots of every stage go to out/browser/ (git-ignored), kept as test artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "out" / "browser"
+NOTEBOOK = "plain_untagged.ipynb"
+TIMEOUT_MS = 60_000
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Lab:
+    """A running `jupyter lab` and what a test needs to reach it."""
+
+    def __init__(self, root: Path, url: str, token: str, process: subprocess.Popen[bytes], log: Path):
+        self.root, self.url, self.token, self.process, self.log = root, url, token, process, log
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "notebooks"
+    shutil.copytree(ROOT / "sample_notebooks", root, ignore=shutil.ignore_patterns("out", "data"))
+    settings = base / "app-settings"
+    settings.mkdir()
+    # The news and update toasts would cover the page.
+    (settings / "overrides.json").write_text(
+        json.dumps(
+            {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
+        )
+    )
+    token, port = secrets.token_hex(16), _free_port()
+    env = dict(os.environ, CELLPIPE_HOME=str(base / "cellpipe-home"), JUPYTER_CONFIG_DIR=str(base / "config"))
+    log = base / "lab.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                f"--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
+                f"--LabApp.app_settings_dir={settings}",
+                f"--LabApp.user_settings_dir={base / 'user-settings'}",
+                f"--LabApp.workspaces_dir={base / 'workspaces'}",
+                "--LabApp.expose_app_in_browser=True",
+            ],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            request = urllib.request.Request(f"{url}/api/status", headers={"Authorization": f"token {token}"})
+            with urllib.request.urlopen(request, timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("jupyter lab did not start:\n" + log.read_text())
+            time.sleep(0.3)
+    try:
+        yield Lab(root, url, token, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab) -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        context = browser.new_context(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?reset&token={lab.token}")
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget")
+        _wait_for_kernel(page)
+        try:
+            yield page
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "last.png"))
+            context.close()
+            browser.close()
+        assert not [e for e in errors if "cellpipe" in e.lower()], errors
+
+
+def _wait_for_kernel(page: Any) -> None:
+    """The kernel is ready when the notebook's session context says so (not when the toolbar says idle)."""
+    page.wait_for_function(
+        """() => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            const ctx = panel && panel.sessionContext;
+            return ctx && ctx.isReady && ctx.session && ctx.session.kernel
+                && ctx.session.kernel.status === 'idle';
+        }""",
+        timeout=120_000,
+    )
+
+
+def _shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def _open_side_panel(page: Any, widget_id: str) -> None:
+    panel = page.locator(f"#{widget_id}")
+    if not panel.is_visible():
+        page.locator(f'.jp-SideBar .lm-TabBar-tab[data-id="{widget_id}"]').click()
+    panel.wait_for(state="visible")
+
+
+def _select_cell(page: Any, index: int) -> None:
+    page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex = {index}; }}")
+
+
+def _save(page: Any) -> None:
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+
+
+def _saved_metadata(lab: Lab) -> list[dict[str, Any]]:
+    cells = json.loads((lab.root / NOTEBOOK).read_text())["cells"]
+    return [cell["metadata"].get("cellpipe", {}) for cell in cells]
+
+
+def test_untagged_notebook_shows_one_step(page: Any) -> None:
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    dag = page.locator("#cellpipe-pipeline-panel .cp-dag svg")
+    dag.locator(".cp-node").first.wait_for()
+    assert dag.locator(".cp-node").count() == 1
+    assert dag.locator(".cp-edge").count() == 0
+    _shot(page, "1-untagged")
+
+
+def test_tag_cells_through_the_form(page: Any, lab: Lab) -> None:
+    _open_side_panel(page, "cellpipe-step-form")
+    form = page.locator("#cellpipe-step-form")
+    # cell 1 holds the imports, cell 3 loads the data, cell 5 fits on it
+    for index, fields in [(1, {"role": "imports"}), (3, {"step": "load"}), (5, {"step": "fit", "cpu": "1"})]:
+        _select_cell(page, index)
+        form.locator("#cp-field-step").wait_for()
+        for key, value in fields.items():
+            field = form.locator(f"#cp-field-{key}")
+            if key == "role":
+                field.select_option(value)
+            else:
+                field.fill(value)
+        form.get_by_role("button", name="Apply").click()
+    page.wait_for_selector('.jp-Cell[data-cellpipe-step="fit"] .cp-step-badge')
+    badge = page.locator('.jp-Cell[data-cellpipe-step="fit"] .cp-step-badge').first
+    assert badge.inner_text() == "fit · cpu 1"
+    _save(page)
+    deadline = time.monotonic() + 30
+    while _saved_metadata(lab)[5] != {"step": "fit", "cpu": "1"}:
+        assert time.monotonic() < deadline, _saved_metadata(lab)
+        time.sleep(0.2)
+    saved = _saved_metadata(lab)
+    assert saved[1] == {"role": "imports"}
+    assert saved[3] == {"step": "load"}
+    _shot(page, "2-tagged")
+
+
+def test_dag_gains_the_edge(page: Any) -> None:
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    edge = page.locator('#cellpipe-pipeline-panel .cp-dag .cp-edge[data-source="load"][data-target="fit"]')
+    edge.wait_for(state="attached")  # a vertical line has no width, so never "visible"
+    assert page.locator("#cellpipe-pipeline-panel .cp-dag .cp-node").count() == 2
+    assert page.locator("#cellpipe-pipeline-panel .cp-problems .cp-error").count() == 0
+    _shot(page, "3-dag")
+
+
+def test_form_shows_server_problems_inline(page: Any, lab: Lab) -> None:
+    _open_side_panel(page, "cellpipe-step-form")
+    form = page.locator("#cellpipe-step-form")
+    _select_cell(page, 5)
+    form.locator("#cp-field-memory").fill("lots")
+    form.get_by_role("button", name="Apply").click()
+    _save(page)
+    error = form.locator("#cp-field-memory-error")
+    playwright_sync.expect(error).to_contain_text("not a valid memory value", timeout=TIMEOUT_MS)
+    error.scroll_into_view_if_needed()
+    _shot(page, "4-problem")
+    form.locator("#cp-field-memory").fill("")
+    form.get_by_role("button", name="Apply").click()
+    _save(page)
+    playwright_sync.expect(error).to_have_text("", timeout=TIMEOUT_MS)
+
+
+def test_run_locally_from_the_panel(page: Any) -> None:
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    panel = page.locator("#cellpipe-pipeline-panel")
+    panel.get_by_role("button", name="Run locally").click()
+    run = panel.locator(".cp-run").first
+    run.locator('.cp-chip[data-step="load"]').wait_for()
+    page.wait_for_selector("#cellpipe-pipeline-panel .cp-run.cp-run-succeeded", timeout=120_000)
+    run = panel.locator(".cp-run.cp-run-succeeded").first
+    states = {
+        chip.get_attribute("data-step"): chip.get_attribute("data-state")
+        for chip in run.locator(".cp-chip").all()
+    }
+    assert states == {"load": "succeeded", "fit": "succeeded"}
+    # the DAG shows the selected run's final states, and the details its step logs
+    assert panel.locator('.cp-dag .cp-node.cp-state-succeeded[data-step="fit"]').count() == 1
+    playwright_sync.expect(panel.locator(".cp-run-details")).to_contain_text("test R^2")
+    _shot(page, "5-run")
+
+
+def test_run_monitor_widget_renders_and_finishes(page: Any) -> None:
+    page.evaluate(
+        """() => {
+            const app = window.jupyterapp;
+            const notebook = app.shell.currentWidget.content;
+            notebook.activeCellIndex = notebook.widgets.length - 1;
+            return app.commands.execute('notebook:insert-cell-below');
+        }"""
+    )
+    page.evaluate(
+        """() => {
+            const cell = window.jupyterapp.shell.currentWidget.content.activeCell;
+            cell.model.sharedModel.setSource('from jupyter_ext import run_notebook\\n'
+                + 'run_notebook("plain_untagged.ipynb", use_cache=False)');
+            return window.jupyterapp.commands.execute('notebook:run-cell');
+        }"""
+    )
+    bar = page.locator(".jp-Notebook .widget-hprogress .progress-bar").last
+    bar.wait_for(timeout=120_000)
+    bar.scroll_into_view_if_needed()
+    _shot(page, "6-monitor-running")
+    page.wait_for_selector(
+        ".jp-Notebook .widget-hprogress .progress-bar.progress-bar-success", timeout=120_000
+    )
+    playwright_sync.expect(page.locator(".jp-Notebook .widget-hprogress").last).to_contain_text("2/2")
+    page.locator(".jp-Notebook .jp-OutputArea-output").last.scroll_into_view_if_needed()
+    _shot(page, "7-monitor-finished")
