@@ -5,8 +5,8 @@ the notebook's pipeline (the very step programs the compiled KFP pipeline carrie
 local engine inside the trial pod) with the trial's parameters and prints every metric as
 ``name=value`` for Katib's StdOut metrics collector. The notebook travels in a ConfigMap next to
 the Experiment (mounted read-only: the runner copies it to a writable folder first), so the trial
-image only needs cellpipe and the notebook's packages. The trial pod runs the steps itself, so
-the trial's resources are the Job's, not the per-step requests of the compiled pipeline.
+image only needs cellpipe and the notebook's packages. The trial pod runs the steps itself, so it
+requests the largest CPU, memory and GPU request among the steps.
 
 `loguniform` ranges are searched by Katib over log10 of the value (the trial runner takes the
 power back), which every Katib version understands, rather than the `distribution` field only
@@ -63,6 +63,26 @@ def _parameter_spec(space: SearchSpace) -> dict[str, Any]:
     }
 
 
+def trial_resources(pipeline: Pipeline) -> dict[str, dict[str, str]]:
+    """The trial pod runs every step, one after another at worst: the largest request of each kind."""
+    from converter.tags import cpu_cores, memory_bytes
+
+    res = [s.settings.resources for s in pipeline.steps]
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    cpus = [r.cpu_request for r in res if r.cpu_request]
+    if cpus:
+        requests["cpu"] = max(cpus, key=cpu_cores)
+    memory = [r.memory_request for r in res if r.memory_request]
+    if memory:
+        requests["memory"] = max(memory, key=memory_bytes)
+    gpus = [r for r in res if r.gpu]
+    if gpus:
+        most = max(gpus, key=lambda r: r.gpu or 0)
+        limits[most.gpu_vendor] = str(most.gpu)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
 def experiment(
     pipeline: Pipeline,
     *,
@@ -87,6 +107,7 @@ def experiment(
     name = f"{pipeline.name}-tune"[:63].strip("-")
     config_map = f"{name}-notebook"[:63].strip("-")
     metrics = sorted({m for s in pipeline.steps for m in s.metrics})
+    resources = trial_resources(pipeline)
     command = ["python", "-m", "converter.katib", f"{NOTEBOOK_MOUNT}/{notebook.name}"]
     for pname, value in sorted(fixed.items()):
         command += ["-p", pname, _render(value)]
@@ -107,6 +128,7 @@ def experiment(
                             "image": image or pipeline.image,
                             "command": command,
                             "env": [{"name": "CELLPIPE_HOME", "value": "/tmp/cellpipe"}],
+                            **({"resources": resources} if resources else {}),
                             "volumeMounts": [{"name": "notebook", "mountPath": NOTEBOOK_MOUNT}],
                         }
                     ],

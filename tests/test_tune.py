@@ -252,6 +252,8 @@ def test_katib_experiment_content() -> None:
     command = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--log10") :][:3] == ["--log10", "C", "${trialParameters.C}"]
     assert json.loads(config_map["data"]["sklearn_tabular.ipynb"]) == json.loads(SAMPLE.read_text())
+    container = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}  # the train step's
 
 
 def test_katib_trial_runner_prints_metrics_for_the_stdout_collector(tmp_path: Path) -> None:
