@@ -598,7 +598,7 @@ class _Step:
             done = ran.get(cell["index"])
             ran_as = f" [{done['execution_count']}] {done['seconds']} s" if done else ": not run"
             head = f"cell {cell['index']}{ran_as}"
-            body = f'<pre class="src">{_text(cell["code"])}</pre>'
+            body = f'<pre class="src">{_text(cell.get("source", cell["code"]))}</pre>'
             body += "".join(_render(o) for o in done["outputs"]) if done else ""
             if cell.get("role") in _SHARED_ROLES:
                 head += f" ({cell['role']})"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from converter import packaging
-from converter.model import Pipeline, Step
+from converter.model import CodeCell, Pipeline, Step
 
 ArgKind = Literal["literal", "input", "output", "parameter"]
 KFP_EXECUTOR_OUTPUT = "/tmp/kfp_outputs/output_metadata.json"  # read by the KFP v2 launcher after the command
@@ -46,9 +46,9 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
     """What the runtime needs to know about a step, as a JSON-compatible dict."""
     types = {p.name: p.type for p in pipeline.parameters}
     cells = [
-        *({"index": c.index, "role": "imports", "code": c.python} for c in pipeline.imports),
-        *({"index": c.index, "role": "functions", "code": c.python} for c in pipeline.functions),
-        *({"index": c.index, "role": "step", "code": c.python} for c in step.cells),
+        *(_cell_spec(c, "imports") for c in pipeline.imports),
+        *(_cell_spec(c, "functions") for c in pipeline.functions),
+        *(_cell_spec(c, "step") for c in step.cells),
     ]
     result: dict[str, object] = {
         "step": step.name,
@@ -69,6 +69,14 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
     return result
 
 
+def _cell_spec(cell: CodeCell, role: str) -> dict[str, object]:
+    """`code` runs; `source` (only where magics made them differ) is what the report shows."""
+    spec: dict[str, object] = {"index": cell.index, "role": role, "code": cell.python}
+    if cell.source != cell.python:
+        spec["source"] = cell.source
+    return spec
+
+
 def step_tail(pipeline: Pipeline, step: Step) -> str:
     """The step-specific end of the program, appended to the shared runtime source.
 
@@ -80,8 +88,9 @@ def step_tail(pipeline: Pipeline, step: Step) -> str:
             lines.append('    "cells": [')
             for cell in value:  # type: ignore[attr-defined]
                 code = _code_literal(cell["code"])
+                source = f', "source": {_code_literal(cell["source"])}' if "source" in cell else ""
                 lines.append(
-                    f'        {{"index": {cell["index"]}, "role": "{cell["role"]}", "code": {code}}},'
+                    f'        {{"index": {cell["index"]}, "role": "{cell["role"]}", "code": {code}{source}}},'
                 )
             lines.append("    ],")
         else:
