@@ -43,3 +43,20 @@ class Engine(Protocol):
     def run(self, request: RunRequest, sinks: list[EventSink]) -> RunResult: ...
 
     def cancel(self) -> None: ...
+
+
+def run_started_data(
+    request: RunRequest, engine: str, values: dict[str, Any], run_folder: Path, **extra: Any
+) -> dict[str, Any]:
+    """What every engine's `run_started` event says, so consumers read one shape; engines add theirs."""
+    pipeline = request.pipeline
+    return {
+        "pipeline": pipeline.name,
+        "engine": engine,
+        "steps": [s.name for s in pipeline.steps],
+        "upstream": {s.name: list(pipeline.upstream(s.name)) for s in pipeline.steps},
+        "parameters": values,
+        "notebook": str(request.notebook),
+        "run_folder": str(run_folder),
+        **extra,
+    }

@@ -41,7 +41,7 @@ from typing import IO, Any
 import yaml
 
 from converter import stepcode
-from converter.engines.base import RunRequest, RunResult
+from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.errors import CellpipeError
 from converter.events import EventLog, EventSink, EventType, RunState, step_states
 from converter.kfp_cluster import Cluster, Published, is_transient
@@ -263,25 +263,22 @@ class _Monitor:
         clock = time.monotonic()
         self.emit(
             "run_started",
-            data={
-                "pipeline": self.pipeline.name,
-                "engine": self.engine.name,
-                "steps": [s.name for s in self.pipeline.steps],
-                "upstream": {s.name: list(self.pipeline.upstream(s.name)) for s in self.pipeline.steps},
-                "parameters": self.values,
-                "notebook": str(self.request.notebook),
-                "run_folder": str(self.engine.workspace.run_folder(self.run_id)),
-                "host": self.cluster.host,
-                "namespace": self.cluster.namespace,
-                "remote_id": self.remote_id,
-                "url": self.cluster.run_url(self.remote_id),
-                "experiment": self.published.experiment,
-                "experiment_id": self.published.experiment_id,
-                "pipeline_id": self.published.pipeline_id,
-                "pipeline_version_id": self.published.version_id,
-                "pipeline_version": self.published.version_name,
-                "warnings": list(self.warnings),
-            },
+            data=run_started_data(
+                self.request,
+                self.engine.name,
+                self.values,
+                self.engine.workspace.run_folder(self.run_id),
+                host=self.cluster.host,
+                namespace=self.cluster.namespace,
+                remote_id=self.remote_id,
+                url=self.cluster.run_url(self.remote_id),
+                experiment=self.published.experiment,
+                experiment_id=self.published.experiment_id,
+                pipeline_id=self.published.pipeline_id,
+                pipeline_version_id=self.published.version_id,
+                pipeline_version=self.published.version_name,
+                warnings=list(self.warnings),
+            ),
         )
         error: BaseException | None = None
         try:

@@ -43,7 +43,7 @@ from typing import Any
 
 from converter import stepcode
 from converter.artifacts import ArtifactStore, CacheEntry, cache_key
-from converter.engines.base import RunRequest, RunResult
+from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.engines.processes import Exit, Launch, StepProcesses, fork_server_supported
 from converter.engines.resources import Machine, Need, Pool, gib, plan, tree_rss
 from converter.errors import CellpipeError
@@ -284,18 +284,15 @@ class _Run:
         clock = time.monotonic()
         self.emit(
             "run_started",
-            data={
-                "pipeline": self.pipeline.name,
-                "engine": self.engine.name,
-                "steps": [s.name for s in self.pipeline.steps],
-                "upstream": {s.name: list(self.pipeline.upstream(s.name)) for s in self.pipeline.steps},
-                "parameters": self.values,
-                "notebook": str(self.request.notebook),
-                "run_folder": str(self.run_folder),
-                "max_parallel": self.max_parallel,
-                "resumed_from": self.resume_id,
-                "warnings": self.warnings,
-            },
+            data=run_started_data(
+                self.request,
+                self.engine.name,
+                self.values,
+                self.run_folder,
+                max_parallel=self.max_parallel,
+                resumed_from=self.resume_id,
+                warnings=self.warnings,
+            ),
         )
         error: BaseException | None = None
         try:

@@ -25,41 +25,7 @@ import psutil
 
 from converter.errors import CellpipeError
 from converter.model import DEFAULT_GPU_VENDOR, Pipeline, Step
-
-_MEMORY_SUFFIXES = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "m": 1e-3,
-}
-_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
-
-
-def cpu_quantity(text: str) -> float:
-    """`500m` -> 0.5, `2` -> 2.0."""
-    match = _QUANTITY.match(text)
-    if match is None or match.group(2) not in ("", "m"):
-        raise ValueError(f"not a CPU quantity: {text!r}")
-    value = float(match.group(1))
-    return value / 1000 if match.group(2) == "m" else value
-
-
-def memory_quantity(text: str) -> int:
-    """`4Gi` -> 4294967296 bytes, `1G` -> 10**9."""
-    match = _QUANTITY.match(text)
-    if match is None or match.group(2) not in _MEMORY_SUFFIXES:
-        raise ValueError(f"not a memory quantity: {text!r}")
-    return math.ceil(float(match.group(1)) * _MEMORY_SUFFIXES[match.group(2)])
+from converter.tags import cpu_cores, memory_bytes
 
 
 def gib(size: float) -> str:
@@ -112,10 +78,11 @@ class Need:
 
 def _need(step: Step) -> Need:
     r = step.settings.resources
-    cpu_limit = cpu_quantity(r.cpu_limit) if r.cpu_limit else None
-    memory_limit = memory_quantity(r.memory_limit) if r.memory_limit else None
-    cpu = cpu_quantity(r.cpu_request) if r.cpu_request else (cpu_limit or 0.0)
-    memory = memory_quantity(r.memory_request) if r.memory_request else (memory_limit or 0)
+    # The model holds quantities the reader validated (tags.parse_cpu / parse_memory).
+    cpu_limit = cpu_cores(r.cpu_limit) if r.cpu_limit else None
+    memory_limit = memory_bytes(r.memory_limit) if r.memory_limit else None
+    cpu = cpu_cores(r.cpu_request) if r.cpu_request else (cpu_limit or 0.0)
+    memory = memory_bytes(r.memory_request) if r.memory_request else (memory_limit or 0)
     return Need(cpu, memory, r.gpu or 0, cpu_limit, memory_limit, r.memory_limit)
 
 
