@@ -18,6 +18,7 @@ export interface PanelSettings {
 
 const SVG = 'http://www.w3.org/2000/svg';
 const LOG_LINES = 200;
+const RUNS_POLL_MS = 5000;
 
 /** What the panel knows of one run: folded step states, the log tail of each step, metrics. */
 class RunView {
@@ -94,6 +95,24 @@ export class PipelinePanel extends Widget {
     }
     tracker.currentChanged.connect((_, panel) => this.watch(panel), this);
     this.watch(tracker.currentWidget);
+  }
+
+  /** Runs started elsewhere (a kernel, the command line) join the list while the panel is shown. */
+  protected onAfterShow(): void {
+    void this.loadRuns();
+    this.poll = window.setInterval(() => void this.loadRuns(), RUNS_POLL_MS);
+  }
+
+  protected onBeforeHide(): void {
+    window.clearInterval(this.poll);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.poll);
+    for (const view of this.runs.values()) {
+      view.stop?.();
+    }
+    super.dispose();
   }
 
   private part<T extends Element = HTMLElement>(selector: string): T {
@@ -399,7 +418,15 @@ export class PipelinePanel extends Widget {
     for (const [step, state] of Object.entries(view.states)) {
       const section = document.createElement('details');
       section.className = 'cp-step-log';
-      section.open = state === 'running' || state === 'failed';
+      const key = `${view.record.id}/${step}`;
+      section.open = this.openLogs.has(key) || state === 'running' || state === 'failed';
+      section.addEventListener('toggle', () => {
+        if (section.open) {
+          this.openLogs.add(key);
+        } else {
+          this.openLogs.delete(key);
+        }
+      });
       const summary = document.createElement('summary');
       const record = view.record.steps.find(s => s.name === step);
       const duration = record?.duration !== null && record?.duration !== undefined ? ` (${record.duration.toFixed(1)} s)` : '';
@@ -415,6 +442,9 @@ export class PipelinePanel extends Widget {
   private order: string[] = [];
   private selected: string | null = null;
   private frame = 0;
+  private poll = 0;
+  /** Log sections the user opened (`run/step`): redraws keep them open. */
+  private openLogs = new Set<string>();
 }
 
 /** Makes a cell the active one and scrolls it into view. */

@@ -41,15 +41,24 @@ export class PipelineState {
   /** Ask the server again; a graph is only drawn for a valid notebook. */
   async refresh(): Promise<void> {
     const path = this.path;
+    const asked = ++this._asked;
+    let validation: api.Validation | null = null;
+    let graph: Graph | null = null;
+    let error: string | null = null;
     try {
-      this.validation = await api.validate(path);
-      this.graph = this.validation.valid ? await api.graph(path) : null;
-      this.error = null;
+      validation = await api.validate(path);
+      graph = validation.valid ? await api.graph(path) : null;
     } catch (reason) {
-      this.error = reason instanceof Error ? reason.message : String(reason);
+      error = reason instanceof Error ? reason.message : String(reason);
     }
+    if (asked !== this._asked) {
+      return; // a later save asked again: its answer is the one to show
+    }
+    [this.validation, this.graph, this.error] = [validation, graph, error];
     this._changed.emit();
   }
+
+  private _asked = 0;
 
   private _changed = new Signal<this, void>(this);
 }

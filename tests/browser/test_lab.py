@@ -213,6 +213,17 @@ def test_dag_gains_the_edge(page: Any) -> None:
     _shot(page, "3-dag")
 
 
+def test_compile_downloads_the_pipeline_yaml(page: Any, tmp_path: Path) -> None:
+    panel = page.locator("#cellpipe-pipeline-panel")
+    with page.expect_download() as download:
+        panel.get_by_role("button", name="Compile").click()
+    assert download.value.suggested_filename == "plain-untagged.yaml"
+    target = tmp_path / "pipeline.yaml"
+    download.value.save_as(target)
+    text = target.read_text()
+    assert "pipelineInfo:" in text and "comp-load" in text and "comp-fit" in text
+
+
 def test_form_shows_server_problems_inline(page: Any, lab: Lab) -> None:
     _open_side_panel(page, "cellpipe-step-form")
     form = page.locator("#cellpipe-step-form")
@@ -224,6 +235,12 @@ def test_form_shows_server_problems_inline(page: Any, lab: Lab) -> None:
     playwright_sync.expect(error).to_contain_text("not a valid memory value", timeout=TIMEOUT_MS)
     error.scroll_into_view_if_needed()
     _shot(page, "4-problem")
+    # the same problem in the pipeline panel takes the notebook to its cell
+    _select_cell(page, 0)
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    page.locator("#cellpipe-pipeline-panel .cp-problem", has_text="not a valid memory value").click()
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex === 5")
+    _open_side_panel(page, "cellpipe-step-form")
     form.locator("#cp-field-memory").fill("")
     form.get_by_role("button", name="Apply").click()
     _save(page)
@@ -276,3 +293,28 @@ def test_run_monitor_widget_renders_and_finishes(page: Any) -> None:
     playwright_sync.expect(page.locator(".jp-Notebook .widget-hprogress").last).to_contain_text("2/2")
     page.locator(".jp-Notebook .jp-OutputArea-output").last.scroll_into_view_if_needed()
     _shot(page, "7-monitor-finished")
+
+
+def test_dark_theme_keeps_the_panel_readable(page: Any) -> None:
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+    )
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    page.wait_for_selector("#jupyterlab-splash", state="detached")  # the theme change shows a splash
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    colours = page.evaluate(
+        """() => {
+            const panel = document.querySelector('#cellpipe-pipeline-panel');
+            const text = document.querySelector('#cellpipe-pipeline-panel .cp-run-button');
+            return [getComputedStyle(panel).backgroundColor, getComputedStyle(text).color];
+        }"""
+    )
+    background, text = (_luminance(colour) for colour in colours)
+    assert background < 0.2 < 0.6 < text, colours
+    _shot(page, "8-dark")
+
+
+def _luminance(css: str) -> float:
+    """Relative luminance (0 black .. 1 white) of an `rgb(...)`/`rgba(...)` colour."""
+    red, green, blue = (int(part) / 255 for part in css[css.index("(") + 1 : -1].split(",")[:3])
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
