@@ -162,6 +162,15 @@ def _save(page: Any) -> None:
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
 
 
+def _scroll_to_last_cell(page: Any) -> None:
+    page.evaluate(
+        """() => {
+            const notebook = window.jupyterapp.shell.currentWidget.content;
+            return notebook.scrollToItem(notebook.widgets.length - 1, 'start').then(() => null);
+        }"""
+    )
+
+
 def _saved_metadata(lab: Lab) -> list[dict[str, Any]]:
     cells = json.loads((lab.root / NOTEBOOK).read_text())["cells"]
     return [cell["metadata"].get("cellpipe", {}) for cell in cells]
@@ -285,13 +294,13 @@ def test_run_monitor_widget_renders_and_finishes(page: Any) -> None:
     )
     bar = page.locator(".jp-Notebook .widget-hprogress .progress-bar").last
     bar.wait_for(timeout=120_000)
-    bar.scroll_into_view_if_needed()
+    _scroll_to_last_cell(page)  # the widget redraws: a located element may be replaced under us
     _shot(page, "6-monitor-running")
     page.wait_for_selector(
         ".jp-Notebook .widget-hprogress .progress-bar.progress-bar-success", timeout=120_000
     )
     playwright_sync.expect(page.locator(".jp-Notebook .widget-hprogress").last).to_contain_text("2/2")
-    page.locator(".jp-Notebook .jp-OutputArea-output").last.scroll_into_view_if_needed()
+    _scroll_to_last_cell(page)
     _shot(page, "7-monitor-finished")
 
 
@@ -318,3 +327,33 @@ def _luminance(css: str) -> float:
     """Relative luminance (0 black .. 1 white) of an `rgb(...)`/`rgba(...)` colour."""
     red, green, blue = (int(part) / 255 for part in css[css.index("(") + 1 : -1].split(",")[:3])
     return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
+def test_submit_dialog_offers_the_parameters_cell(page: Any) -> None:
+    """The KFP dialog lists the notebook's parameters with their values (cancelled: no cluster here)."""
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('docmanager:open', {path: 'sklearn_tabular.ipynb'})"
+        ".then(() => null)"
+    )
+    panel = page.locator("#cellpipe-pipeline-panel")
+    playwright_sync.expect(panel.locator(".cp-pipeline-name")).to_have_text("sklearn-tabular")
+    panel.locator('.cp-dag .cp-node[data-step="evaluate"]').wait_for()
+    status = panel.locator(".cp-status").inner_text()
+    panel.get_by_role("button", name="Submit to KFP").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for()
+    values = {
+        name: dialog.locator(f'input[name="{name}"]').input_value()
+        for name in ("test_size", "C", "max_iter", "random_state", "model_kind")
+    }
+    assert values == {
+        "test_size": "0.2",
+        "C": "1",
+        "max_iter": "500",
+        "random_state": "42",
+        "model_kind": "logreg",
+    }
+    _shot(page, "9-submit-dialog")
+    dialog.get_by_role("button", name="Cancel").click()
+    dialog.wait_for(state="detached")
+    assert panel.locator(".cp-status").inner_text() == status  # nothing was submitted
