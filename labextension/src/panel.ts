@@ -128,6 +128,7 @@ export class PipelinePanel extends Widget {
     if (panel) {
       this.states.get(panel).changed.connect(this.renderState, this);
     }
+    this.status(''); // the last message was about another notebook
     this.renderState();
     void this.loadRuns();
   }
