@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 from rich.live import Live
@@ -61,10 +63,14 @@ def _tune(args: argparse.Namespace) -> int:
                 value = f"{trial.objective:.6g}" if trial.objective is not None else trial.message
                 params = ", ".join(f"{n}={trial.parameters[n]!r}" for n in names)
                 run = f"run {trial.run_id}"
-                print(f"trial {trial.number}: {trial.state} {result.objective}={value} ({params}) {run}")
+                print(
+                    f"trial {trial.number}: {trial.state} {result.objective}={value} ({params}) {run}",
+                    flush=True,
+                )
 
     if live is not None:
         live.start()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a CI runner's stop cancels trials like Ctrl-C
     try:
         result = tune.tune(
             pipeline,
@@ -79,6 +85,7 @@ def _tune(args: argparse.Namespace) -> int:
             on_change=show,
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if live is not None:
             live.stop()
     best = result.best
@@ -104,6 +111,10 @@ def _tune(args: argparse.Namespace) -> int:
         changed = tune.write_back(notebook, best.parameters)
         print(f"{notebook}: parameters cell now has the best {', '.join(sorted(changed))}")
     return EXIT_OK
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _katib(args: argparse.Namespace, pipeline: object, fixed: dict[str, object]) -> int:

@@ -10,10 +10,10 @@ the search space), so the result always says how much tuning gained over them.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -136,7 +136,9 @@ def _in_space(value: object, space: SearchSpace) -> bool:
     if space.kind == "choice":
         return value in space.choices
     assert space.low is not None and space.high is not None
-    return isinstance(value, int | float) and space.low <= value <= space.high
+    if not isinstance(value, int | float) or not space.low <= value <= space.high:
+        return False
+    return space.kind != "int" or (value - space.low) % (space.step or 1) == 0
 
 
 def _typed(pipeline: Pipeline, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,8 +196,6 @@ def tune(
     result = TuneResult(objective, goal)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cpus // parallel)
-    engines: dict[int, LocalEngine] = {}
-    lock = threading.Lock()
 
     def run_trial(number: int, values: dict[str, Any], engine: LocalEngine) -> Trial:
         from converter.engines.base import RunRequest
@@ -218,17 +218,16 @@ def tune(
     from converter.engines.local import LocalEngine
 
     pending: dict[Future[Trial], optuna.trial.Trial] = {}
+    engines: dict[int, LocalEngine] = {}
     asked = 0
-    try:
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="cellpipe-trial") as pool:
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="cellpipe-trial") as pool:
+        try:
             while asked < trials or pending:
                 while asked < trials and len(pending) < parallel:
                     handle = study.ask(distributions)
                     values = _typed(pipeline, handle.params)
                     is_baseline = baseline_pending and asked == 0
-                    engine = LocalEngine(workspace, max_parallel=share)
-                    with lock:
-                        engines[handle.number] = engine
+                    engine = engines[handle.number] = LocalEngine(workspace, max_parallel=share)
                     result.trials.append(Trial(handle.number, values, "running", baseline=is_baseline))
                     pending[pool.submit(run_trial, handle.number, values, engine)] = handle
                     asked += 1
@@ -236,29 +235,28 @@ def tune(
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     handle = pending.pop(future)
-                    with lock:
-                        engines.pop(handle.number, None)
+                    engines.pop(handle.number, None)
+                    index = next(i for i, t in enumerate(result.trials) if t.number == handle.number)
                     try:
                         trial = future.result()
                     except CellpipeError:
                         raise
                     except Exception as exc:  # a broken run must not lose the trials already done
                         trial = Trial(
-                            handle.number, _typed(pipeline, handle.params), "failed", message=str(exc)
+                            handle.number, result.trials[index].parameters, "failed", message=str(exc)
                         )
-                    index = next(i for i, t in enumerate(result.trials) if t.number == trial.number)
-                    trial = Trial(**{**trial.__dict__, "baseline": result.trials[index].baseline})
+                    trial = dataclasses.replace(trial, baseline=result.trials[index].baseline)
                     result.trials[index] = trial
                     if trial.state == "succeeded":
                         study.tell(handle, trial.objective)
                     else:
                         study.tell(handle, state=optuna.trial.TrialState.FAIL)
                     on_change(result)
-    except BaseException:
-        with lock:
+        except BaseException:
+            # Ctrl-C or an error: stop the running trials before the pool waits for them.
             for engine in engines.values():
                 engine.cancel()
-        raise
+            raise
     return result
 
 

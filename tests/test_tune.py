@@ -338,3 +338,34 @@ def test_cli_tune_prints_trials_writes_best_and_writes_back(tmp_path: Path) -> N
     assert set(best) == {"C"}
     defaults = {p.name: p.default for p in read_notebook(notebook).parameters}
     assert defaults["C"] == best["C"] and defaults["max_iter"] == 500
+
+
+def test_sigterm_cancels_the_running_trials(tmp_path: Path) -> None:
+    from converter.runstore import RunStore
+    from converter.workspace import Workspace
+
+    notebook = tmp_path / "sklearn_tabular.ipynb"
+    shutil.copy(SAMPLE, notebook)
+    home = tmp_path / "home"
+    command = [CELLPIPE, "tune", str(notebook), "--objective", "roc_auc", "--trials", "20", "--parallel", "2"]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"CELLPIPE_HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()  # a trial finished: the next ones are running
+    assert first.startswith("trial "), first
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    store = RunStore(Workspace(home).database)
+    try:
+        states = [run.state for run in store.list_runs(limit=50)]
+    finally:
+        store.close()
+    assert "cancelled" in states and "running" not in states
+    assert len(states) < 20
