@@ -15,12 +15,10 @@ def _serve(args: argparse.Namespace) -> int:
             "only --local serving runs from here; on a cluster the compiled pipeline's serve step deploys "
             "the InferenceService (see docs/serving.md)"
         )
-    try:
-        import kserve  # noqa: F401
-    except ImportError:
-        raise CellpipeError(
-            "local serving needs KServe's model server: pip install 'cellpipe[serve]'"
-        ) from None
+    import importlib.util
+
+    if importlib.util.find_spec("kserve") is None:  # not imported here: kserve parses sys.argv on import
+        raise CellpipeError("local serving needs KServe's model server: pip install 'cellpipe[serve]'")
     from converter import serving
 
     model, run_id, variable = serving.load_run_model(args.run, args.step)

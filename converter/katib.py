@@ -193,23 +193,27 @@ def submit(documents: Sequence[Mapping[str, Any]]) -> str | None:
             config.load_kube_config()
         except (config.ConfigException, OSError):
             return None
+    from urllib3.exceptions import HTTPError
+
     config_map, exp = documents
     namespace = exp["metadata"]["namespace"]
     core = client.CoreV1Api()
+    what = f"ConfigMap {config_map['metadata']['name']}"
     try:
-        core.create_namespaced_config_map(namespace, config_map)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise CellpipeError(
-                f"creating ConfigMap {config_map['metadata']['name']}: {exc.reason}"
-            ) from None
-        core.replace_namespaced_config_map(config_map["metadata"]["name"], namespace, config_map)
-    try:
+        try:
+            core.create_namespaced_config_map(namespace, config_map)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_config_map(config_map["metadata"]["name"], namespace, config_map)
+        what = f"Experiment {exp['metadata']['name']}"
         client.CustomObjectsApi().create_namespaced_custom_object(
             "kubeflow.org", "v1beta1", namespace, "experiments", exp
         )
     except client.ApiException as exc:
-        raise CellpipeError(f"creating Experiment {exp['metadata']['name']}: {exc.reason}") from None
+        raise CellpipeError(f"creating {what} in {namespace}: {exc.status} {exc.reason}") from None
+    except HTTPError as exc:
+        raise CellpipeError(f"creating {what}: cannot reach the Kubernetes API ({exc})") from None
     return f"{namespace}/{exp['metadata']['name']}"
 
 

@@ -369,3 +369,17 @@ def test_sigterm_cancels_the_running_trials(tmp_path: Path) -> None:
         store.close()
     assert "cancelled" in states and "running" not in states
     assert len(states) < 20
+
+
+def test_cli_katib_without_kubernetes_access_prints_the_yaml(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [CELLPIPE, "tune", str(SAMPLE), "--objective", "accuracy", "--katib", "--namespace", "team"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    documents = list(yaml.safe_load_all(done.stdout))
+    assert [d["metadata"]["namespace"] for d in documents] == ["team", "team"]
+    assert "no Kubernetes access" in done.stderr
