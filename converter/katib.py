@@ -211,6 +211,11 @@ def submit(documents: Sequence[Mapping[str, Any]]) -> str | None:
             "kubeflow.org", "v1beta1", namespace, "experiments", exp
         )
     except client.ApiException as exc:
+        if exc.status == 409:  # a finished or running Experiment is not replaced behind its trials' back
+            raise CellpipeError(
+                f"{what} already exists in {namespace}: kubectl delete -n {namespace} "
+                f"experiment {exp['metadata']['name']}, then submit again"
+            ) from None
         raise CellpipeError(f"creating {what} in {namespace}: {exc.status} {exc.reason}") from None
     except HTTPError as exc:
         raise CellpipeError(f"creating {what}: cannot reach the Kubernetes API ({exc})") from None

@@ -383,3 +383,88 @@ def test_cli_katib_without_kubernetes_access_prints_the_yaml(tmp_path: Path) -> 
     documents = list(yaml.safe_load_all(done.stdout))
     assert [d["metadata"]["namespace"] for d in documents] == ["team", "team"]
     assert "no Kubernetes access" in done.stderr
+
+
+class _FakeKubernetes:
+    """A loopback stand-in for the two Kubernetes API calls `cellpipe tune --katib` makes."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str, dict[str, object]]] = []
+        self.existing: set[str] = set()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append((self.command, self.path, body))
+                key = f"{body['kind']}/{body['metadata']['name']}"
+                if self.command == "POST" and key in fake.existing:
+                    self._answer(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
+                    return
+                fake.existing.add(key)
+                self._answer(201 if self.command == "POST" else 200, body)
+
+            do_POST = do_PUT = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def kubeconfig(self, path: Path) -> Path:
+        url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": url}}],
+            "users": [{"name": "me", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+            "current-context": "fake",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cli_katib_submits_with_kubernetes_access(tmp_path: Path) -> None:
+    fake = _FakeKubernetes()
+    try:
+        env = {"HOME": str(tmp_path), "KUBECONFIG": str(fake.kubeconfig(tmp_path / "config"))}
+        command = [CELLPIPE, "tune", str(SAMPLE), "--objective", "roc_auc", "--katib", "--namespace", "team"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "submitted Katib Experiment team/sklearn-tabular-tune" in done.stdout
+        # Again: the ConfigMap is replaced, the existing Experiment is not (a clear error instead).
+        again = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        assert again.returncode == 2
+        assert "Experiment sklearn-tabular-tune already exists in team: kubectl delete" in again.stderr
+    finally:
+        fake.close()
+    calls = [(method, path) for method, path, _ in fake.requests]
+    assert calls[:2] == [
+        ("POST", "/api/v1/namespaces/team/configmaps"),
+        ("POST", "/apis/kubeflow.org/v1beta1/namespaces/team/experiments"),
+    ]
+    assert calls[2:] == [
+        ("POST", "/api/v1/namespaces/team/configmaps"),
+        ("PUT", "/api/v1/namespaces/team/configmaps/sklearn-tabular-tune-notebook"),
+        ("POST", "/apis/kubeflow.org/v1beta1/namespaces/team/experiments"),
+    ]
+    experiment = fake.requests[1][2]
+    assert validate(experiment, "V1beta1Experiment", [katib_models, k8s_models]) == []
