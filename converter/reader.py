@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter import packaging, search_space, tags
+from converter import packaging, search_space, serving, tags
 from converter.analysis import BUILTIN_NAMES, CellAnalysis, CellSyntaxError, analyze_cell, analyze_sequence
 from converter.errors import CellpipeError, InvalidNotebook
 from converter.model import (
@@ -167,6 +167,7 @@ class _Builder:
             cache_default=meta["cache"],
         )
         self._check_file_passing(pipeline, drafts)
+        self.problems.extend(serving.problems(pipeline))
         return _with_warnings(pipeline, [p for p in self.problems if p.severity == "warning"])
 
     # -- notebook-level settings ---------------------------------------------------

@@ -10,14 +10,13 @@ with KServe's own Python model server (the ``kserve`` package), which speaks the
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from converter.errors import CellpipeError
-from converter.model import Pipeline, Step
+from converter.model import Pipeline, Problem, Step
 
 # KServe's predictor model formats for our frameworks (custom: the user's own predictor image).
 MODEL_FORMATS = {"sklearn": "sklearn", "xgboost": "xgboost", "pytorch": "pytorch"}
@@ -47,6 +46,24 @@ def served_variable(step: Step) -> str:
         f"step {step.name!r}: cannot tell which value is the model (outputs: "
         f"{', '.join(step.outputs) or 'none'}); call it `model` and use it in a later step"
     )
+
+
+def problems(pipeline: Pipeline) -> list[Problem]:
+    """What stops the served model from being deployed, as validation errors on the serve: tag."""
+    served = [s for s in pipeline.steps if s.settings.serve]
+    found = []
+    for step in served:
+        where = f"serve:{step.settings.serve}"
+        if len(served) > 1:
+            names = ", ".join(s.name for s in served)
+            message = f"steps {names} are all tagged serve:; a pipeline deploys one model"
+            found.append(Problem(pipeline.notebook, step.first_cell, where, "error", message))
+            continue
+        try:
+            served_variable(step)
+        except CellpipeError as exc:
+            found.append(Problem(pipeline.notebook, step.first_cell, where, "error", str(exc)))
+    return found
 
 
 def inference_service(
@@ -158,6 +175,8 @@ def _kserve_argv() -> Iterator[None]:
 
 def predictor(model: object, name: str) -> Any:
     """A KServe model answering V1 (`{"instances": rows}`) and V2 (one FP32/FP64/INT tensor of rows)."""
+    import uuid
+
     with _kserve_argv():
         import kserve
         import numpy as np
@@ -274,18 +293,13 @@ DEPLOY_PLACEHOLDER_URI = "placeholder://the-model-artifact"
 def deploy_component(pipeline: Pipeline, step: Step, names: Mapping[str, str], dsl: str) -> str:
     """The DSL text of the deploy component for the served step (kfp_dsl appends it to the module).
 
-    `names`: the module names kfp_dsl reserved for it (function, manifest, code).
+    `names`: the module names kfp_dsl reserved for it (function, manifest, code). The reader has
+    already refused pipelines with more than one served step or no model to serve (`problems`).
     """
     import json
 
     from converter.kfp_dsl import literal
 
-    served = [s.name for s in pipeline.steps if s.settings.serve]
-    if len(served) > 1:
-        raise CellpipeError(
-            f"{pipeline.notebook}: steps {', '.join(served)} are all tagged serve:; "
-            "a pipeline deploys one model"
-        )
     manifest = inference_service(pipeline, step, DEPLOY_PLACEHOLDER_URI)
     return f"""
 

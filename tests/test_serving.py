@@ -363,3 +363,20 @@ def test_deploy_script_creates_or_replaces_the_inference_service(tmp_path: Path,
         == "s3://mlpipeline/v2/artifacts/sklearn-tabular/run/train/model"
     )
     assert body["metadata"].get("resourceVersion") == (existing or None)
+
+
+def test_a_serve_step_must_pass_its_model_on_and_only_one_serves() -> None:
+    nb = _notebook()
+    nb.cells[2].metadata["tags"] = ["step:report", "serve:custom"]  # report passes nothing on
+    pipeline, problems = check_node(nb, "nb.ipynb")
+    assert pipeline is None
+    assert [str(p) for p in problems] == [
+        "nb.ipynb: cell 2 [serve:custom]: step 'report': cannot tell which value is the model "
+        "(outputs: none); call it `model` and use it in a later step"
+    ]
+    nb.cells[1].metadata["tags"] = ["step:train", "serve:sklearn"]
+    _, problems = check_node(nb, "nb.ipynb")
+    assert {str(p) for p in problems} >= {
+        "nb.ipynb: cell 1 [serve:sklearn]: steps train, report are all tagged serve:; "
+        "a pipeline deploys one model"
+    }
