@@ -294,7 +294,8 @@ class RunMonitor:
         if after:
             lines.append(f"<small style='color:#757575'>after {html.escape(', '.join(after))}</small>")
         style = (
-            f"border:2px solid {border};background:{fill};border-radius:6px;"
+            # Dark text on the pale fill whatever the notebook's theme (light theme text is unreadable on it).
+            f"border:2px solid {border};background:{fill};color:#212121;border-radius:6px;"
             "padding:4px 10px;margin:4px;min-width:7em;text-align:center"
         )
         title = html.escape(self._messages.get(step, ""))
@@ -363,6 +364,7 @@ class RunMonitor:
         self._follow_step()
         if state in FINAL_RUN_STATES:
             self.cancel_button.disabled = True
+            self.cancel_button.button_style = ""  # a red button reads as "still cancellable"
         self._draw_log()
 
     def _follow_step(self) -> None:

@@ -208,6 +208,8 @@ def test_the_monitor_folds_a_kfp_like_stream_without_an_engine() -> None:
     assert "attempt 2" in monitor.dag.value
     assert monitor.log_tail("a") == ["hello"]
     assert "data-state='cancelled'" in monitor.summary_html()
+    assert monitor.cancel_button.disabled and monitor.cancel_button.button_style == ""  # no longer looks live
+    assert "color:#212121" in monitor.dag.value  # step boxes stay readable in a dark theme
 
 
 def test_levels_follow_the_dag() -> None:
