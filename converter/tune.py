@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -196,10 +197,13 @@ def tune(
     result = TuneResult(objective, goal)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cpus // parallel)
+    stopping = threading.Event()
 
     def run_trial(number: int, values: dict[str, Any], engine: LocalEngine) -> Trial:
         from converter.engines.base import RunRequest
 
+        if stopping.is_set():  # cancelled before it started: LocalEngine.run would clear the cancel
+            return Trial(number, values, "failed", message="cancelled")
         started = time.monotonic()
         request = RunRequest(
             pipeline=pipeline, notebook=notebook, parameters={**fixed, **values}, max_parallel=share
@@ -254,6 +258,7 @@ def tune(
                     on_change(result)
         except BaseException:
             # Ctrl-C or an error: stop the running trials before the pool waits for them.
+            stopping.set()
             for engine in engines.values():
                 engine.cancel()
             raise

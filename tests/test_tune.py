@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes.client.models as k8s_models
@@ -344,31 +345,53 @@ def test_sigterm_cancels_the_running_trials(tmp_path: Path) -> None:
     from converter.runstore import RunStore
     from converter.workspace import Workspace
 
-    notebook = tmp_path / "sklearn_tabular.ipynb"
-    shutil.copy(SAMPLE, notebook)
+    nb = new_notebook()
+    cells = [
+        ("x = 0.5  # search: uniform(0, 1)", "parameters"),
+        ("import time\ntime.sleep(60)\nscore = x", "step:slow"),
+    ]
+    for source, tag in [*cells, ("score", "metrics")]:
+        cell = new_code_cell(source)
+        cell.metadata["tags"] = [tag]
+        nb.cells.append(cell)
+    notebook = tmp_path / "slow.ipynb"
+    notebook.write_text(json.dumps(nb))
     home = tmp_path / "home"
-    command = [CELLPIPE, "tune", str(notebook), "--objective", "roc_auc", "--trials", "20", "--parallel", "2"]
+    command = [CELLPIPE, "tune", str(notebook), "--objective", "score", "--trials", "4", "--parallel", "2"]
     process = subprocess.Popen(
         command,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={"CELLPIPE_HOME": str(home), "PATH": "/usr/bin:/bin"},
     )
-    assert process.stdout is not None
-    first = process.stdout.readline()  # a trial finished: the next ones are running
-    assert first.startswith("trial "), first
-    process.terminate()
-    _, stderr = process.communicate(timeout=60)
+    try:
+        running: list[str] = []
+        for _ in range(300):  # until both trials' runs are under way (at most ~30 s)
+            if Workspace(home).database.exists():
+                store = RunStore(Workspace(home).database)
+                try:
+                    running = [run.id for run in store.list_runs() if run.state == "running"]
+                finally:
+                    store.close()
+            if len(running) == 2:
+                break
+            time.sleep(0.1)
+        assert len(running) == 2, "the trials did not start"
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     store = RunStore(Workspace(home).database)
     try:
-        states = [run.state for run in store.list_runs(limit=50)]
+        states = {run.id: run.state for run in store.list_runs()}
     finally:
         store.close()
-    assert "cancelled" in states and "running" not in states
-    assert len(states) < 20
+    assert states == {run_id: "cancelled" for run_id in running}  # and no third trial started
 
 
 def test_cli_katib_without_kubernetes_access_prints_the_yaml(tmp_path: Path) -> None:
