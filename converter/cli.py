@@ -110,6 +110,25 @@ def _graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_parameter_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """`-p NAME VALUE` (typed as papermill types it) and `-f FILE`, alike on every command with parameters."""
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help=f"{what}, typed as papermill types it (repeatable)",
+    )
+    parser.add_argument(
+        "-f",
+        "--parameters-file",
+        action="append",
+        metavar="FILE",
+        help="a YAML file of NAME: VALUE parameters (repeatable; -p wins)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellpipe",

@@ -16,7 +16,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from converter.cli import _EXTRA_PARSERS, EXIT_OK, command
+from converter.cli import _EXTRA_PARSERS, EXIT_OK, add_parameter_options, command
 from converter.errors import CellpipeError
 from converter.kfp_connection import AUTH_MODES, resolve
 
@@ -287,15 +287,7 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     action.add_argument("--list", action="store_true", help="list the cluster's schedules")
     action.add_argument("--delete", metavar="ID", help="delete a schedule")
     p.add_argument("--name", help="schedule name (default: the pipeline's)")
-    p.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="a parameter value for every scheduled run (repeatable)",
-    )
-    p.add_argument("-f", "--parameters-file", action="append", metavar="FILE", help="YAML NAME: VALUE pairs")
+    add_parameter_options(p, "a parameter value for every scheduled run")
     p.add_argument("--max-concurrency", type=int, default=1, metavar="N", help="runs at once (default 1)")
     p.add_argument("--catchup", action="store_true", help="run the missed intervals after a pause")
     p.add_argument("--no-cache", action="store_true", help="turn KFP's step caching off for these runs")

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from converter import cli_kfp
-from converter.cli import _EXTRA_PARSERS, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, command
+from converter.cli import _EXTRA_PARSERS, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, add_parameter_options, command
 from converter.cli_kfp import engine_options
 from converter.engines.base import Engine, RunRequest, RunResult
 from converter.errors import CellpipeError
@@ -413,21 +413,7 @@ def _console() -> Console:
 def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the notebook as a pipeline (local engine by default)")
     p.add_argument("notebook")
-    p.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="a parameter value, typed as papermill types it (repeatable)",
-    )
-    p.add_argument(
-        "-f",
-        "--parameters-file",
-        action="append",
-        metavar="FILE",
-        help="a YAML file of NAME: VALUE parameters (repeatable; -p wins)",
-    )
+    add_parameter_options(p, "a parameter value")
     p.add_argument("--engine", default="local", help="local (default) or kfp")
     p.add_argument(
         "-o", "--output", metavar="OUT.ipynb", help="write the executed notebook, as papermill writes it"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from converter.cli import _EXTRA_PARSERS, EXIT_FAILED, EXIT_OK, command
+from converter.cli import _EXTRA_PARSERS, EXIT_FAILED, EXIT_OK, add_parameter_options, command
 from converter.errors import CellpipeError
 from converter.parameters import parameter_values
 
@@ -23,7 +23,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     notebook = Path(args.notebook)
     pipeline = read_notebook(notebook)
-    fixed = parameter_values(pipeline, args.parameter or [], [])
+    fixed = parameter_values(pipeline, args.parameter or [], args.parameters_file or [])
     if args.katib:
         return _katib(args, pipeline, fixed)
     try:
@@ -161,14 +161,7 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--parallel", type=int, default=1, metavar="P", help="P trials at once (default 1)")
     p.add_argument("--algorithm", choices=["random", "grid", "bayesian"], default="bayesian")
     p.add_argument("--seed", type=int, help="sampler seed, for repeatable trials")
-    p.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="fix a parameter for every trial (repeatable)",
-    )
+    add_parameter_options(p, "a parameter fixed for every trial")
     p.add_argument(
         "--best-out", metavar="FILE", help="write the best parameters as YAML (cellpipe run -f FILE)"
     )
