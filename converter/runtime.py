@@ -54,6 +54,9 @@ class StepFailed(Exception):
 # ---------------------------------------------------------------- serialization
 
 
+
+METRICS_LOG_PREFIX = "cellpipe-metrics: "  # a pod log line carrying the step's metrics as JSON
+
 def save_value(value: object, path: str | os.PathLike[str]) -> str:
     """Save `value` into the artifact directory `path` in the fastest faithful format; return it."""
     folder = Path(path)
@@ -570,6 +573,9 @@ class _Step:
             metadata = {name: float(value) for name, value in values.items()}
             executor_output = {"artifacts": {"metrics": {"artifacts": [{"metadata": metadata}]}}}
             _write(args["executor-output"], json.dumps(executor_output))
+            # KFP keeps metric values in ML Metadata, which its REST API does not show: this log line
+            # is how `cellpipe run --engine kfp` reads them back (through the pod log).
+            print(METRICS_LOG_PREFIX + json.dumps(metadata, sort_keys=True), flush=True)
 
     def _write_results(self, args: dict[str, Any]) -> None:
         try:

@@ -38,6 +38,7 @@ from converter.kfp_compile import compile_pipeline
 from converter.kfp_connection import Connection, resolve
 from converter.reader import read_notebook
 from converter.runstore import RunStore
+from converter.runtime import METRICS_LOG_PREFIX
 
 TOKEN = "tok-SECRET-7f3a9c"
 STEPS = ["prep", "left", "right", "join"]
@@ -180,6 +181,18 @@ def test_step_logs_stream_from_the_executor_pods(
     assert capsys.readouterr().out.splitlines() == ["total is 4", "bye"]
     assert main(["runs", "logs", run_id, "prep"]) == 0
     assert capsys.readouterr().out.splitlines() == ["prep: working", "prep: done"]
+
+
+def test_metrics_come_back_through_the_pod_log(
+    double: KfpApiDouble, notebook: Path, isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runtime prints its metrics as one log line on KFP; the engine turns it into a metrics event."""
+    double.task_logs = {"join": ["total is 4", METRICS_LOG_PREFIX + '{"accuracy": 0.93, "loss": 0.2}']}
+    assert main(["run", str(notebook), "--engine", "kfp", "--json-events"]) == 0
+    events = _events(capsys.readouterr().out)
+    (metrics,) = [e for e in events if e["type"] == "metrics"]
+    assert metrics["step"] == "join" and metrics["metrics"] == {"accuracy": 0.93, "loss": 0.2}
+    assert not [e for e in events if e["type"] == "step_log" and METRICS_LOG_PREFIX in e["line"]]
 
 
 def test_without_kubernetes_access_logs_are_skipped_with_one_warning(

@@ -16,7 +16,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 from converter import runtime
-from converter.runtime import load_value, run_step, save_value
+from converter.runtime import METRICS_LOG_PREFIX, load_value, run_step, save_value
 
 RUNTIME = Path(runtime.__file__).read_text(encoding="utf-8")
 
@@ -299,6 +299,9 @@ def test_metrics_and_kfp_executor_output(tmp_path: Path) -> None:
             "metrics": {"artifacts": [{"metadata": {"accuracy": 0.75, "epochs": 3.0, "converged": 1.0}}]}
         }
     }
+    # ...and one log line, which is how the KFP engine reads metrics back (the REST API does not show them)
+    line = METRICS_LOG_PREFIX + '{"accuracy": 0.75, "converged": 1.0, "epochs": 3.0}'
+    assert line in result.stdout.splitlines()
     assert "'label'" in result.stderr and "'absent'" in result.stderr  # warned, not fatal
 
 

@@ -22,7 +22,8 @@ When the server reports no executor children for a task, the task node's own sta
 (caching is then not told apart from running). Retries of a step on the cluster show as one attempt.
 
 Metrics: KFP keeps metric values in ML Metadata, which its REST API does not expose (task details
-carry only artifact ids), so a cluster run reports no ``metrics`` events; the KFP UI shows them.
+carry only artifact ids), so the step runtime also prints them as one log line, and a cluster run
+reports ``metrics`` events when its pod logs can be read (Kubernetes access); the KFP UI shows them anyway.
 
 `cancel()` (or ``cellpipe runs cancel``) terminates the remote run; CANCELED is terminal (the stock
 client's ``wait_for_run_completion`` does not treat it so and waits forever).
@@ -30,6 +31,8 @@ client's ``wait_for_run_completion`` does not treat it so and waits forever).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import threading
 import time
@@ -48,6 +51,7 @@ from converter.kfp_cluster import Cluster, Published, is_transient
 from converter.kfp_connection import Connection, resolve
 from converter.model import Pipeline
 from converter.runstore import RunStore
+from converter.runtime import METRICS_LOG_PREFIX
 from converter.workspace import Workspace
 
 POLL_INITIAL_SECONDS = 1.0
@@ -203,6 +207,7 @@ class _Monitor:
         )
         self.log = EventLog(self.run_id, [self.store.record, *sinks])
         self.steps = {s.name: _Step(s.name) for s in self.pipeline.steps}
+        self.metrics: dict[str, float] = {}  # read back from the steps' pod logs
         self.warnings: list[str] = []
         self.logs = self._pod_logs()
         self.terminate_asked: float | None = None  # monotonic
@@ -255,6 +260,13 @@ class _Monitor:
             step.log = path.open("a", encoding="utf-8")
         step.log.write(line + "\n")
         step.log.flush()
+        if line.startswith(METRICS_LOG_PREFIX):
+            with contextlib.suppress(ValueError):
+                values = json.loads(line[len(METRICS_LOG_PREFIX) :])
+                if isinstance(values, dict) and all(isinstance(v, int | float) for v in values.values()):
+                    self.metrics.update(values)
+                    self.emit("metrics", step=step.name, metrics=values)
+                    return
         self.emit("step_log", step=step.name, stream="stdout", line=line)
 
     # ------------------------------------------------------------------ the run
@@ -301,7 +313,7 @@ class _Monitor:
         if error is not None and not isinstance(error, KeyboardInterrupt):
             raise error
         names = [s.name for s in self.pipeline.steps]
-        return RunResult(self.run_id, state, dict(step_states(self.log.events, names)), {})
+        return RunResult(self.run_id, state, dict(step_states(self.log.events, names)), dict(self.metrics))
 
     def _loop(self) -> None:
         delay = POLL_INITIAL_SECONDS
