@@ -173,6 +173,7 @@ class _Builder:
     # -- notebook-level settings ---------------------------------------------------
     def _notebook_settings(self) -> dict[str, Any]:
         metadata = self.nb.get("metadata", {})
+        self._check_language(metadata)
         stem = Path(self.notebook).stem
         meta: dict[str, Any] = {
             "name": _pipeline_name(stem),
@@ -210,6 +211,19 @@ class _Builder:
         elif "kubeflow_notebook" in metadata:
             self._kale_settings(metadata["kubeflow_notebook"], meta)
         return meta
+
+    def _check_language(self, metadata: Mapping[str, Any]) -> None:
+        """Steps run Python: a notebook written for another kernel (R, Julia...) is refused, not misread."""
+        kernelspec = metadata.get("kernelspec") or {}
+        language = str(kernelspec.get("language") or (metadata.get("language_info") or {}).get("name") or "")
+        if language and language.lower() != "python":
+            name = kernelspec.get("name") or language
+            self.error(
+                None,
+                "kernelspec",
+                f"this notebook is written for the {language} kernel {name!r}; "
+                "cellpipe runs Python notebooks",
+            )
 
     def _kale_settings(self, kale: Any, meta: dict[str, Any]) -> None:
         """Kale's notebook metadata, so Kale notebooks convert unchanged."""

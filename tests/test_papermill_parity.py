@@ -27,16 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = Path(str(importlib.resources.files("papermill") / "tests" / "notebooks"))
 TIMEOUT = 120  # seconds for one cell (papermill) and, times three, for a whole batch
 
-SKIPPED = {
-    "notimplemented_translator.ipynb": "an R kernel notebook (kernelspec 'r'): no R kernel here, "
-    "and cellpipe runs Python only",
-    "keyboard_interrupt.ipynb": "sleeps 60 s; papermill's own test interrupts it "
-    "(cellpipe's Ctrl-C is tested in test_cli_run.py)",
-    "test_logging.ipynb": "imports ggplot, which is not installed: papermill fails on the import, "
-    "cellpipe (never pip-installing into the user's environment) before the cell, so the cells differ",
-}
-# Disagreements that are known bugs or gaps; strict, so a fix shows up as a failure to remove the entry.
-KNOWN_GAPS: dict[str, str] = {}
+# Both fail, at different cells: papermill on the import, cellpipe before the step's cells, since it
+# checks a step's modules up front (and never pip-installs into the user's environment).
+MISSING_MODULE = {"test_logging.ipynb": "ggplot"}
 
 
 @dataclass(frozen=True)
@@ -57,9 +50,13 @@ for folder in sys.argv[2:]:
     log = io.StringIO()
     handler = logging.StreamHandler(log)
     logging.getLogger("papermill").addHandler(handler)
+    # The notebook's own kernel, as papermill's command line uses; `-k python3` (as a user would give)
+    # only where the notebook names none (papermill refuses those, cellpipe runs them as Python).
+    nb = json.load(open(folder + "/notebook.ipynb"))
+    kernel = None if nb.get("metadata", {}).get("kernelspec", {}).get("name") else "python3"
     try:
         papermill.execute_notebook(folder + "/notebook.ipynb", folder + "/executed.ipynb",
-                                   kernel_name="python3", progress_bar=False, cwd=folder,
+                                   kernel_name=kernel, progress_bar=False, cwd=folder,
                                    execution_timeout=%(timeout)d)
         results[folder] = [0, log.getvalue()]
     except Exception as error:  # papermill's command line exits 1 on any exception
@@ -107,7 +104,7 @@ def _notebooks() -> list[str]:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Outcome]:
     base = tmp_path_factory.mktemp("parity")
-    names = [name for name in _notebooks() if name not in SKIPPED]
+    names = _notebooks()
     folders: dict[tuple[str, str], Path] = {}
     for tool in ("cellpipe", "papermill"):
         for name in names:
@@ -144,21 +141,16 @@ def test_papermill_ships_its_notebooks() -> None:
     assert len(_notebooks()) >= 15, f"papermill's test notebooks not found under {NOTEBOOKS}"
 
 
-def _case(name: str) -> object:
-    if name in SKIPPED:
-        return pytest.param(name, marks=pytest.mark.skip(reason=SKIPPED[name]))
-    if name in KNOWN_GAPS:
-        return pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_GAPS[name], strict=True))
-    return name
-
-
-@pytest.mark.parametrize("name", [_case(name) for name in _notebooks()])
+@pytest.mark.parametrize("name", _notebooks())
 def test_cellpipe_and_papermill_agree(name: str, outcomes: dict[tuple[str, str], Outcome]) -> None:
     ours, theirs = outcomes["cellpipe", name], outcomes["papermill", name]
     where = f"\ncellpipe stderr:\n{ours.stderr[-2000:]}\npapermill stderr:\n{theirs.stderr[-2000:]}"
     assert ours.exit_code in (0, 1, 2), where
     codes = f"cellpipe exit {ours.exit_code}, papermill exit {theirs.exit_code}"
     assert (ours.exit_code == 0) == (theirs.exit_code == 0), codes + where
+    if name in MISSING_MODULE:
+        assert ours.exit_code == 1 and f"missing modules {MISSING_MODULE[name]}" in ours.stderr, where
+        return
     if ours.exit_code == 1:  # both ran the notebook and both stopped: at the same cell, for the same reason
         assert ours.failed_cell is not None and theirs.failed_cell is not None, where
         assert ours.failed_cell[0] == theirs.failed_cell[0], where

@@ -695,6 +695,16 @@ def test_bad_input_messages(cells: list[Cell], expected: list[str]) -> None:
     assert errors_of(*cells) == expected
 
 
+def test_a_notebook_for_another_kernel_is_refused() -> None:
+    r_kernel = {"kernelspec": {"name": "ir", "language": "R", "display_name": "R"}}
+    assert errors_of(("print(1)", ["step:a"]), metadata=r_kernel) == [
+        "nb.ipynb: notebook [kernelspec]: this notebook is written for the R kernel 'ir'; "
+        "cellpipe runs Python notebooks"
+    ]
+    python = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
+    assert errors_of(("x = 1", ["step:a"]), metadata=python) == []
+
+
 def test_a_none_parameter_is_an_optional_str() -> None:
     p, problems = check(("msg = None\nlimit = 3", ["parameters"]), ("print(msg, limit)", ["step:a"]))
     assert p is not None and problems == []
