@@ -550,14 +550,21 @@ class _CellAnalyzer:
         finally:
             self._frame = outer
 
-    def _read(self, name: str, frame: _Frame | None = None, weak: bool = False) -> None:
-        if name == "get_ipython":
-            self.uses_ipython = True
+    def _scope_of(self, name: str, frame: _Frame | None) -> _Frame | None:
+        """The frame a use of `name` resolves in, skipping class bodies; None when a class body binds it."""
         frame = frame or self._frame
         while isinstance(frame, _ClassFrame):
             if name in frame.bound:
-                return
+                return None
             frame = frame.parent
+        return frame
+
+    def _read(self, name: str, frame: _Frame | None = None, weak: bool = False) -> None:
+        if name == "get_ipython":
+            self.uses_ipython = True
+        frame = self._scope_of(name, frame)
+        if frame is None:
+            return
         if isinstance(frame, _FunctionFrame):
             frame.loaded.add(name)
             return
@@ -597,11 +604,9 @@ class _CellAnalyzer:
             self._bind_global(name, frame, definite=False)
 
     def _mutate(self, name: str, frame: _Frame | None = None) -> None:
-        frame = frame or self._frame
-        while isinstance(frame, _ClassFrame):
-            if name in frame.bound:
-                return
-            frame = frame.parent
+        frame = self._scope_of(name, frame)
+        if frame is None:
+            return
         if isinstance(frame, _FunctionFrame):
             frame.mutated.add(name)
         elif name not in self._state.definite:
