@@ -9,9 +9,8 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -752,8 +751,6 @@ def _conflicts(tagged: tags.Settings, structured: tags.Settings) -> list[tuple[s
 
 
 def _with_warnings(pipeline: Pipeline, warnings: list[Problem]) -> Pipeline:
-    from dataclasses import replace
-
     return replace(pipeline, warnings=tuple(sorted(warnings, key=_problem_order)))
 
 
@@ -799,7 +796,3 @@ def _step_name_from_file(stem: str) -> str:
     if not name or not name[0].isalpha():
         name = "nb-" + name
     return name[:63].rstrip("-_")
-
-
-def stdlib_modules() -> frozenset[str]:
-    return frozenset(sys.stdlib_module_names)

@@ -601,30 +601,14 @@ def test_build_context_per_distinct_image_with_pinned_requirements(tmp_path: Pat
             name, _, version = line.partition("==")
             assert version == importlib.metadata.version(name)
     # The build context is part of what --check compares.
-    assert (
-        main(
-            [
-                "compile",
-                str(SAMPLES / "gpu_training.ipynb"),
-                "-o",
-                str(tmp_path),
-                "--build-context",
-                "--check",
-            ]
-        )
-        == 0
-    )
+    check = [
+        "compile",
+        str(SAMPLES / "gpu_training.ipynb"),
+        "-o",
+        str(tmp_path),
+        "--build-context",
+        "--check",
+    ]
+    assert main(check) == 0
     (build / "python-3-11-slim" / "requirements.txt").write_text("tampered\n")
-    assert (
-        main(
-            [
-                "compile",
-                str(SAMPLES / "gpu_training.ipynb"),
-                "-o",
-                str(tmp_path),
-                "--build-context",
-                "--check",
-            ]
-        )
-        == 1
-    )
+    assert main(check) == 1
