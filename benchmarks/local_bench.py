@@ -249,8 +249,8 @@ sklearn_tabular()
 def engine_run(notebook: Path, tmp: Path, max_parallel: int | None = None) -> tuple[float, dict[str, float]]:
     """Wall time of one run through the local engine in this process, and the run's metrics."""
     from converter.engines.base import RunRequest
-    from converter.engines.local import LocalEngine
-    from converter.reader import read_notebook
+    from converter.engines.local.engine import LocalEngine
+    from converter.notebook.reader import read_notebook
 
     os.environ["CELLPIPE_HOME"] = str(tmp / f"home-engine-{time.monotonic_ns()}")
     pipeline = read_notebook(notebook)

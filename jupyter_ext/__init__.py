@@ -20,7 +20,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    from jupyter_ext.handlers import setup
+    from jupyter_ext.server.handlers import setup
 
     setup(serverapp.web_app, serverapp.root_dir)
     serverapp.log.info("cellpipe: REST API at %scellpipe/api/", serverapp.base_url)

@@ -30,13 +30,13 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display, update_display
 
-from converter.engines import available, get_engine
 from converter.engines.base import RunRequest
+from converter.engines.registry import available, get_engine
 from converter.errors import CellpipeError
 from converter.events import FINAL_STEP_STATES, STEP_STATE_AFTER, Event
 from converter.model import Parameter
-from converter.parameters import parameter_values, typed_values
-from converter.reader import read_notebook
+from converter.notebook.parameters import parameter_values, typed_values
+from converter.notebook.reader import read_notebook
 from jupyter_ext.runs import LiveRun
 
 LOG_TAIL_LINES = 200
@@ -456,8 +456,8 @@ def watch(run_id: str) -> RunMonitor:
     The store keeps every event but log lines, so the log tail stays empty; Cancel asks the
     run's engine, wherever it runs, to stop.
     """
-    from converter.runstore import RunStore
-    from converter.workspace import Workspace
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     store = RunStore(Workspace.default().database)
     full_id = store.resolve(run_id)

@@ -1,4 +1,4 @@
-"""Tests for converter.analysis: what a notebook cell reads, binds, imports, mutates and touches."""
+"""Tests for converter.notebook.analysis: what a notebook cell reads, binds, imports, mutates and touches."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.inputtransformer2 import TransformerManager
 
-from converter.analysis import (
+from converter.notebook.analysis import (
     BUILTIN_NAMES,
     CellAnalysis,
     CellSyntaxError,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from converter.artifacts import ArtifactStore, CacheEntry, cache_key, output_digest
+from converter.store.artifacts import ArtifactStore, CacheEntry, cache_key, output_digest
 
 
 def key(

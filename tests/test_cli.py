@@ -1,6 +1,6 @@
 """The converter's commands as users and CI scripts call them: validate, compile, graph.
 
-Most tests call `converter.cli.main` in-process (an exception escaping it fails the test, which is
+Most tests call `converter.cli.main.main` in-process (an exception escaping it fails the test, which is
 what a traceback would be); the user-error tests also run the installed `cellpipe` script, since
 only a real process shows whether a traceback reaches the terminal.
 """
@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from converter.cli import main
+from converter.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_notebooks"

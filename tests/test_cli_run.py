@@ -22,10 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from papermill.cli import _resolve_type
 
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import CellpipeError
 from converter.model import Parameter
-from converter.parameters import coerce, papermill_value
+from converter.notebook.parameters import coerce, papermill_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_notebooks"
@@ -167,8 +167,8 @@ def test_unknown_parameter_and_bad_value_exit_2(tmp_path: Path, capsys: pytest.C
 
 
 def test_parameters_file_then_p(tmp_path: Path) -> None:
-    from converter.parameters import parameter_values
-    from converter.reader import read_notebook
+    from converter.notebook.parameters import parameter_values
+    from converter.notebook.reader import read_notebook
 
     pipeline = read_notebook(_sample(tmp_path, "pandas_etl.ipynb"))
     params = tmp_path / "params.yaml"

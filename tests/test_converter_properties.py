@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from converter.errors import CellpipeError
-from converter.kfp_compile import compile_pipeline
-from converter.reader import read_notebook
+from converter.kfp.compile import compile_pipeline
+from converter.notebook.reader import read_notebook
 
 NAMES = ["a", "b", "c", "dsl", "report", "metrics", "pipeline", "a_b", "a-b"]
 

@@ -10,8 +10,8 @@ import nbformat
 import papermill
 import pytest
 
-from converter import executed_notebook
 from converter.model import CodeCell, Parameter, Pipeline, Step, StepSettings
+from converter.reports import executed_notebook
 
 MARKER = "papermill-error-cell-tag"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from converter.errors import CellpipeError
-from converter.graph import levels, render_image, render_text, to_dot, to_json
 from converter.model import (
     CodeCell,
     Edge,
@@ -21,6 +20,7 @@ from converter.model import (
     Step,
     StepSettings,
 )
+from converter.reports.graph import levels, render_image, render_text, to_dot, to_json
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
 

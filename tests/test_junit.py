@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from converter import junit
 from converter.events import Event, EventLog
+from converter.reports import junit
 
 STEPS = ["load", "train", "evaluate", "cached_step", "publish"]
 

@@ -28,13 +28,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_notebook
 
-from converter import kfp_compile, stepcode
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import CellpipeError
-from converter.kfp_compile import Compiled, compile_pipeline, write_atomically
+from converter.kfp import compile as kfp_compile
+from converter.kfp.compile import Compiled, compile_pipeline, write_atomically
+from converter.kfp.yaml_emitter import FastDumper
 from converter.model import Pipeline
-from converter.reader import read_notebook
-from converter.yaml_emitter import FastDumper
+from converter.notebook.reader import read_notebook
+from converter.step import stepcode
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_notebooks"

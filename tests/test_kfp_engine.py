@@ -2,7 +2,7 @@
 
 `tests/kfp_api_double.py` stands in for the KFP v2beta1 REST API and the Kubernetes pod-log endpoints
 (it validates every request body against kfp-server-api's models). Most tests drive `cellpipe` itself
-(`converter.cli.main`); the event-shape test also runs the same notebook on the real local engine.
+(`converter.cli.main.main`); the event-shape test also runs the same notebook on the real local engine.
 Every test gets its own CELLPIPE_HOME, HOME and kube config, and polls the double every few ms.
 """
 
@@ -24,21 +24,21 @@ import pytest
 import yaml
 from kfp_api_double import KfpApiDouble
 
-import converter.engines.kfp as kfp_engine
-import converter.kfp_connection as kfp_connection
-from converter.cli import main
+import converter.engines.kfp.engine as kfp_engine
+import converter.kfp.connection as kfp_connection
+from converter.cli.main import main
 from converter.engines.base import RunRequest
-from converter.engines.kfp import KfpEngine, without_cache
-from converter.engines.kfp_logs import task_of
-from converter.engines.local import LocalEngine
+from converter.engines.kfp.engine import KfpEngine, without_cache
+from converter.engines.kfp.logs import task_of
+from converter.engines.local.engine import LocalEngine
 from converter.errors import CellpipeError
 from converter.events import Event
-from converter.kfp_cluster import kfp_cron
-from converter.kfp_compile import compile_pipeline
-from converter.kfp_connection import Connection, resolve
-from converter.reader import read_notebook
-from converter.runstore import RunStore
-from converter.runtime import METRICS_LOG_PREFIX
+from converter.kfp.cluster import kfp_cron
+from converter.kfp.compile import compile_pipeline
+from converter.kfp.connection import Connection, resolve
+from converter.notebook.reader import read_notebook
+from converter.step.runtime import METRICS_LOG_PREFIX
+from converter.store.runstore import RunStore
 
 TOKEN = "tok-SECRET-7f3a9c"
 STEPS = ["prep", "left", "right", "join"]

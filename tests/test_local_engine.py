@@ -20,15 +20,15 @@ import psutil
 import pytest
 import yaml
 
-from converter import stepcode
-from converter.engines import local
 from converter.engines.base import RunRequest, RunResult
-from converter.engines.local import LocalEngine
-from converter.engines.processes import fork_server_supported
+from converter.engines.local import engine as local
+from converter.engines.local.engine import LocalEngine
+from converter.engines.local.processes import fork_server_supported
 from converter.errors import CellpipeError
 from converter.events import Event, step_states
 from converter.model import CodeCell, Edge, Parameter, Pipeline, Resources, Step, StepSettings
-from converter.runstore import RunStore
+from converter.step import stepcode
+from converter.store.runstore import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_notebooks"
@@ -563,7 +563,7 @@ ENGINE_SCRIPT = """
 import sys
 from pathlib import Path
 from converter.engines.base import RunRequest
-from converter.engines.local import LocalEngine
+from converter.engines.local.engine import LocalEngine
 from converter.model import CodeCell, Pipeline, Step, StepSettings
 
 code = "import os, time\\nopen('step.pid', 'w').write(str(os.getpid()))\\ntime.sleep(60)"
@@ -719,7 +719,7 @@ def test_runs_the_program_the_compiled_pipeline_ships(
     result, events = run(pipeline, folder, workspace)
     assert log_lines(events, "a") == ["shipped-marker-7", "cell"]
     ran = (workspace / "runs" / result.run_id / "a" / "program.py").read_text()
-    from converter.kfp_compile import compile_pipeline
+    from converter.kfp.compile import compile_pipeline
 
     ir = yaml.safe_load(compile_pipeline(pipeline).ir_yaml)
     assert ir["deploymentSpec"]["executors"]["exec-a"]["container"]["command"] == ["python3", "-c", ran]
@@ -811,7 +811,7 @@ def test_default_workspace_is_cellpipe_home(
 
 
 def test_engine_imports_no_ui_and_no_kfp() -> None:
-    code = "import sys, converter.engines.local; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    code = "import sys, converter.engines.local.engine; print(sorted({m.split('.')[0] for m in sys.modules}))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = set(json.loads(done.stdout.replace("'", '"')))
     assert not loaded & {"kfp", "rich", "jupyter_ext", "IPython", "nbformat", "numpy", "pandas"}
@@ -833,7 +833,7 @@ def test_engine_imports_no_ui_and_no_kfp() -> None:
 def test_sample_notebooks_run_end_to_end(
     tmp_path: Path, workspace: Path, notebook: str, metrics: set[str]
 ) -> None:
-    from converter.reader import read_notebook
+    from converter.notebook.reader import read_notebook
 
     copy = tmp_path / "samples"
     copy.mkdir()
@@ -855,7 +855,7 @@ def test_sample_notebooks_run_end_to_end(
 
 def test_gpu_sample_asks_for_more_than_a_small_machine_has(tmp_path: Path, workspace: Path) -> None:
     """gpu_training's train step asks for 4 CPUs, 16Gi and a GPU: unfitted, a smaller machine refuses."""
-    from converter.reader import read_notebook
+    from converter.notebook.reader import read_notebook
 
     machine = local.Machine.detect()
     if len(machine.cpus) >= 4 and machine.memory >= 16 * 2**30 and machine.gpus:

@@ -14,7 +14,7 @@ import papermill
 import pytest
 from papermill.engines import papermill_engines
 
-from converter.papermill_engine import CellpipeEngine
+from converter.integrations.papermill_engine import CellpipeEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -66,7 +66,7 @@ open(sys.argv[1], "w").write(json.dumps(results))
 """
 _CELLPIPE_BATCH = """
 import contextlib, io, json, os, sys
-from converter.cli import main
+from converter.cli.main import main
 results = {}
 for folder in sys.argv[2:]:
     os.environ["CELLPIPE_HOME"] = folder + "/cellpipe-home"

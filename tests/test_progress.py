@@ -8,7 +8,7 @@ import json
 import pytest
 
 from converter.events import Event, EventLog
-from converter.progress import Progress, choose_mode
+from converter.reports.progress import Progress, choose_mode
 
 
 def _feed(progress: Progress, fail: bool = True) -> list[Event]:

@@ -16,9 +16,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from converter.errors import CellpipeError, InvalidNotebook
-from converter.kfp_compile import compile_pipeline
+from converter.kfp.compile import compile_pipeline
 from converter.model import Pipeline, Problem, Resources, VolumeMount
-from converter.reader import check_node, check_notebook, read_notebook
+from converter.notebook.reader import check_node, check_notebook, read_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_notebooks"

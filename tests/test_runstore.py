@@ -15,7 +15,7 @@ import pytest
 
 from converter.errors import CellpipeError
 from converter.events import EventLog, step_states
-from converter.runstore import ORPHAN_MESSAGE, RunStore
+from converter.store.runstore import ORPHAN_MESSAGE, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,7 +168,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from converter.events import EventLog
-    from converter.runstore import RunStore
+    from converter.store.runstore import RunStore
 
     store = RunStore(sys.argv[1])
     for _ in range(int(sys.argv[2])):

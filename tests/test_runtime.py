@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from converter import runtime
-from converter.runtime import METRICS_LOG_PREFIX, load_value, run_step, save_value
+from converter.step import runtime
+from converter.step.runtime import METRICS_LOG_PREFIX, load_value, run_step, save_value
 
 RUNTIME = Path(runtime.__file__).read_text(encoding="utf-8")
 

@@ -263,8 +263,8 @@ async def test_events_of_a_run_started_elsewhere_come_from_the_run_store(
     jp_fetch: Fetch, root: Path, http_server_client: Any, jp_base_url: str, jp_auth_header: dict[str, str]
 ) -> None:
     from converter.engines.base import RunRequest
-    from converter.engines.local import LocalEngine
-    from converter.reader import read_notebook
+    from converter.engines.local.engine import LocalEngine
+    from converter.notebook.reader import read_notebook
 
     notebook = root / "diamond.ipynb"
     result = LocalEngine().run(RunRequest(read_notebook(notebook), notebook), [])  # like `cellpipe run`

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from converter import serving
 from converter.engines.base import RunRequest
-from converter.engines.local import LocalEngine
+from converter.engines.local.engine import LocalEngine
 from converter.errors import CellpipeError
-from converter.reader import check_node, read_notebook
+from converter.notebook.reader import check_node, read_notebook
+from converter.serving import kserve as serving
 from tests.openapi_models import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,10 +137,10 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Any]]:
     """Train the sample locally, then `cellpipe serve RUN train --local` it: (base URL, X_test, model)."""
-    from converter.artifacts import ArtifactStore
-    from converter.runstore import RunStore
-    from converter.runtime import load_value
-    from converter.workspace import Workspace
+    from converter.step.runtime import load_value
+    from converter.store.artifacts import ArtifactStore
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     folder = tmp_path_factory.mktemp("serve")
     notebook = folder / SAMPLE.name
@@ -274,7 +274,7 @@ def _tagged_sample(folder: Path) -> Path:
 def test_compiled_pipeline_ends_with_the_deploy_step(tmp_path: Path) -> None:
     import yaml
 
-    from converter.kfp_compile import compile_pipeline
+    from converter.kfp.compile import compile_pipeline
 
     compiled = compile_pipeline(read_notebook(_tagged_sample(tmp_path)))
     spec = next(yaml.safe_load_all(compiled.ir_yaml))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from converter import tags
 from converter.model import Problem, SecretEnv, Toleration, VolumeMount
+from converter.notebook import tags
 
 
 def parse(*tag_list: str) -> tuple[tags.CellTags, list[Problem]]:

@@ -15,9 +15,11 @@ import yaml
 from kubeflow.katib import models as katib_models
 from nbformat.v4 import new_code_cell, new_notebook
 
-from converter import katib, search_space, tune
 from converter.errors import CellpipeError
-from converter.reader import check_node, read_notebook
+from converter.notebook import search_space
+from converter.notebook.reader import check_node, read_notebook
+from converter.tuning import katib
+from converter.tuning import trials as tune
 from tests.openapi_models import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,8 +140,8 @@ def test_tuning_improves_on_the_defaults_and_reports_the_real_best(
 
 
 def test_the_best_trial_objective_is_what_its_run_recorded(tuned: tuple[tune.TuneResult, Path, Path]) -> None:
-    from converter.runstore import RunStore
-    from converter.workspace import Workspace
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     result, _, home = tuned
     best = result.best
@@ -156,8 +158,8 @@ def test_the_best_trial_objective_is_what_its_run_recorded(tuned: tuple[tune.Tun
 
 
 def test_trials_share_cached_steps(tuned: tuple[tune.TuneResult, Path, Path]) -> None:
-    from converter.runstore import RunStore
-    from converter.workspace import Workspace
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     result, _, home = tuned
     store = RunStore(Workspace(home).database)
@@ -176,7 +178,7 @@ def test_best_yaml_runs_as_a_parameters_file(tuned: tuple[tune.TuneResult, Path,
     best = result.best
     assert best is not None
     assert yaml.safe_load(text) == best.parameters
-    from converter.parameters import parameter_values
+    from converter.notebook.parameters import parameter_values
 
     path = notebook.with_name("best.yaml")
     path.write_text(text)
@@ -264,7 +266,7 @@ def test_katib_trial_runner_prints_metrics_for_the_stdout_collector(tmp_path: Pa
         [
             sys.executable,
             "-m",
-            "converter.katib",
+            "converter.tuning.katib",
             str(notebook),
             "--log10",
             "C",
@@ -342,8 +344,8 @@ def test_cli_tune_prints_trials_writes_best_and_writes_back(tmp_path: Path) -> N
 
 
 def test_sigterm_cancels_the_running_trials(tmp_path: Path) -> None:
-    from converter.runstore import RunStore
-    from converter.workspace import Workspace
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     nb = new_notebook()
     cells = [

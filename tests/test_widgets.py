@@ -223,8 +223,8 @@ def test_levels_follow_the_dag() -> None:
 
 def test_watch_follows_a_run_started_elsewhere_from_the_store(tmp_path: Path) -> None:
     from converter.engines.base import RunRequest
-    from converter.engines.local import LocalEngine
-    from converter.reader import read_notebook
+    from converter.engines.local.engine import LocalEngine
+    from converter.notebook.reader import read_notebook
     from jupyter_ext import watch
 
     notebook = diamond(tmp_path / "d.ipynb")

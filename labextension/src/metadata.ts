@@ -3,7 +3,7 @@
  *
  * Pure functions, so the round trip (metadata -> form -> metadata) is unit-tested without JupyterLab.
  * The form is text only: lists are comma-separated, key/value settings one per line. The server's
- * parser (`converter/tags.py` `parse_structured`) stays the judge of values; this module only gives
+ * parser (`converter/notebook/tags.py` `parse_structured`) stays the judge of values; this module only gives
  * them the JSON shapes it accepts, and keeps every key it does not manage (e.g. `role`).
  */
 

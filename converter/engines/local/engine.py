@@ -4,7 +4,7 @@ Each step attempt runs the exact program the compiled pipeline carries (`stepcod
 its argv (`stepcode.arguments`, placeholders filled with artifact paths and parameter values
 rendered as KFP renders them), in the notebook's folder, in its own process and process group.
 Processes are forked from a per-run fork server that has already run the imports cells' imports
-(see `converter.engines.zygote`), or started as plain ``python -c`` subprocesses when it is not
+(see `converter.engines.local.zygote`), or started as plain ``python -c`` subprocesses when it is not
 available (and always for GPU steps).
 
 The scheduler starts every step whose upstream steps succeeded (or were cached), as long as
@@ -12,7 +12,7 @@ The scheduler starts every step whose upstream steps succeeded (or were cached),
 against this machine allow; GPUs are handed out exclusively through ``CUDA_VISIBLE_DEVICES``.
 Timeouts and memory limits kill the step's process group; failures are retried with exponential
 backoff when the step has ``retries``; a failed step skips everything downstream of it while
-independent steps go on. A step whose cache key (see `converter.artifacts`) matches an earlier
+independent steps go on. A step whose cache key (see `converter.store.artifacts`) matches an earlier
 successful execution is not run (``step_cached``); ``RunRequest.resume`` reuses the succeeded steps
 of an earlier run. `cancel()` (safe from a signal handler) or a cancel request in the run store
 kills running steps and ends the run "cancelled".
@@ -41,16 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter import stepcode
-from converter.artifacts import ArtifactStore, CacheEntry, cache_key
 from converter.engines.base import RunRequest, RunResult, run_started_data
-from converter.engines.processes import Exit, Launch, StepProcesses, fork_server_supported
-from converter.engines.resources import Machine, Need, Pool, gib, plan, tree_rss
+from converter.engines.local.processes import Exit, Launch, StepProcesses, fork_server_supported
+from converter.engines.local.resources import Machine, Need, Pool, gib, plan, tree_rss
 from converter.errors import CellpipeError
 from converter.events import EventLog, EventSink, EventType, RunState, step_states
 from converter.model import Pipeline, Step
-from converter.runstore import RunStore, StepOutcome
-from converter.workspace import Workspace
+from converter.step import stepcode
+from converter.store.artifacts import ArtifactStore, CacheEntry, cache_key
+from converter.store.runstore import RunStore, StepOutcome
+from converter.store.workspace import Workspace
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 30.0

@@ -28,10 +28,12 @@ class CellpipeEngine(Engine):
     def execute_managed_notebook(
         cls, nb_man: NotebookExecutionManager, kernel_name: str | None, **kwargs: Any
     ) -> nbformat.NotebookNode:
-        from converter import executed_notebook  # not at import: papermill loads this module mid-import
-        from converter.cli_run import failure_messages, make_engine, run_cancellable, step_folders
-        from converter.progress import Progress
-        from converter.reader import check_node
+        from converter.cli.run import failure_messages, make_engine, run_cancellable, step_folders
+        from converter.notebook.reader import check_node
+        from converter.reports import (
+            executed_notebook,  # not at import: papermill loads this module mid-import
+        )
+        from converter.reports.progress import Progress
 
         nb = nb_man.nb
         parameters = dict(nb.metadata.get("papermill", {}).get("parameters") or {})

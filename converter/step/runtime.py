@@ -54,8 +54,8 @@ class StepFailed(Exception):
 # ---------------------------------------------------------------- serialization
 
 
-
 METRICS_LOG_PREFIX = "cellpipe-metrics: "  # a pod log line carrying the step's metrics as JSON
+
 
 def save_value(value: object, path: str | os.PathLike[str]) -> str:
     """Save `value` into the artifact directory `path` in the fastest faithful format; return it."""

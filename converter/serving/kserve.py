@@ -128,10 +128,10 @@ def inference_service(
 
 def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> tuple[object, str, str]:
     """(the model, its run id, its variable) as step `step_name` of local run `run` produced it."""
-    from converter.artifacts import ArtifactStore
-    from converter.runstore import RunStore
-    from converter.runtime import load_value
-    from converter.workspace import Workspace
+    from converter.step.runtime import load_value
+    from converter.store.artifacts import ArtifactStore
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     space = Workspace(workspace) if workspace is not None else Workspace.default()
     store = RunStore(space.database)
@@ -298,7 +298,7 @@ def deploy_component(pipeline: Pipeline, step: Step, names: Mapping[str, str], d
     """
     import json
 
-    from converter.kfp_dsl import literal
+    from converter.kfp.dsl import literal
 
     manifest = inference_service(pipeline, step, DEPLOY_PLACEHOLDER_URI)
     return f"""

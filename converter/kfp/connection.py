@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import yaml
 
 from converter.errors import CellpipeError
-from converter.workspace import HOME_VARIABLE
+from converter.store.workspace import HOME_VARIABLE
 
 if TYPE_CHECKING:
     import kfp

@@ -25,17 +25,24 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from converter import cli_kfp
-from converter.cli import _EXTRA_PARSERS, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, add_parameter_options, command
-from converter.cli_kfp import engine_options
+from converter.cli import kfp as cli_kfp
+from converter.cli.kfp import engine_options
+from converter.cli.main import (
+    _EXTRA_PARSERS,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    add_parameter_options,
+    command,
+)
 from converter.engines.base import Engine, RunRequest, RunResult
 from converter.errors import CellpipeError
 from converter.events import Event
 from converter.model import Pipeline
-from converter.parameters import parameter_values
+from converter.notebook.parameters import parameter_values
 
 if TYPE_CHECKING:
-    from converter.runstore import RunRecord, RunStore
+    from converter.store.runstore import RunRecord, RunStore
 
 _STYLES = {
     "succeeded": "green",
@@ -53,19 +60,19 @@ _EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXI
 def make_engine(name: str, max_parallel: int | None, fit_resources: bool = False, **options: Any) -> Engine:
     """The local and KFP engines are built in; others come through the `cellpipe.engines` entry points.
 
-    `options` are the KFP engine's (`converter.cli_kfp.engine_options`).
+    `options` are the KFP engine's (`converter.cli.kfp.engine_options`).
     """
     if name == "local":
-        from converter.engines.local import LocalEngine
+        from converter.engines.local.engine import LocalEngine
 
         return LocalEngine(max_parallel=max_parallel, fit_resources=fit_resources)
     if name == "kfp":
-        from converter.engines.kfp import KfpEngine
+        from converter.engines.kfp.engine import KfpEngine
 
         if max_parallel is not None or fit_resources:
             raise CellpipeError("--max-parallel and --fit-resources are local engine options")
         return KfpEngine(**options)
-    from converter.engines import get_engine
+    from converter.engines.registry import get_engine
 
     return get_engine(name)
 
@@ -133,8 +140,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 @command("run")
 def _run(args: argparse.Namespace) -> int:
-    from converter.progress import Progress, choose_mode
-    from converter.reader import load, read_notebook
+    from converter.notebook.reader import load, read_notebook
+    from converter.reports.progress import Progress, choose_mode
 
     notebook = Path(args.notebook)
     pipeline = read_notebook(notebook)
@@ -172,12 +179,12 @@ def _run(args: argparse.Namespace) -> int:
 
     folders = step_folders(result.run_id, pipeline) if args.junit or args.output else {}
     if args.junit:
-        from converter import junit
+        from converter.reports import junit
 
         steps = [s.name for s in pipeline.steps]
         junit.write(junit.report(pipeline.name, steps, events, _log_tail_reader(folders)), Path(args.junit))
     if args.output:
-        from converter import executed_notebook
+        from converter.reports import executed_notebook
 
         first = next((e.time for e in events if e.type == "run_started"), started)
         nb = executed_notebook.build(
@@ -202,7 +209,7 @@ def failure_messages(events: Sequence[Event]) -> dict[str, str]:
 
 def step_folders(run_id: str, pipeline: Pipeline) -> dict[str, Path]:
     """Each step's result folder; a cached step's is the folder of the run that computed it."""
-    from converter.workspace import Workspace
+    from converter.store.workspace import Workspace
 
     workspace = Workspace.default()
     folders = {step.name: workspace.step_folder(run_id, step.name) for step in pipeline.steps}
@@ -225,7 +232,7 @@ def _log_tail_reader(folders: Mapping[str, Path]) -> Callable[[str], list[str]]:
 
 
 def junit_tail_lines() -> int:
-    from converter.junit import LOG_TAIL_LINES
+    from converter.reports.junit import LOG_TAIL_LINES
 
     return LOG_TAIL_LINES
 
@@ -235,8 +242,8 @@ def junit_tail_lines() -> int:
 
 @contextmanager
 def _store() -> Iterator[RunStore]:
-    from converter.runstore import RunStore
-    from converter.workspace import Workspace
+    from converter.store.runstore import RunStore
+    from converter.store.workspace import Workspace
 
     store = RunStore(Workspace.default().database)
     try:

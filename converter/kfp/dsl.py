@@ -1,6 +1,6 @@
 """Pipeline model -> readable KFP v2 DSL source (a Python module a person can keep in Git).
 
-This module only writes text and never imports kfp; `converter.kfp_compile` executes the text
+This module only writes text and never imports kfp; `converter.kfp.compile` executes the text
 with the real KFP compiler, so the YAML we ship is by construction what this DSL compiles to.
 """
 
@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from converter import __version__, stepcode
+from converter import __version__
 from converter.model import Pipeline, Step
+from converter.step import stepcode
 
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 RETRY_BACKOFF = 'backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="3600s"'
@@ -199,7 +200,7 @@ def _pipeline_function(pipeline: Pipeline, names: dict[str, str], ns: _Namespace
     for step in pipeline.steps:
         lines += list(_task_lines(pipeline, step, names[step.name], variables, ns.kubernetes))
     if ns.deploy:
-        from converter import serving
+        from converter.serving import kserve as serving
 
         step = serving.served_step(pipeline)
         _, outputs = stepcode.artifact_names(step)
@@ -281,10 +282,10 @@ def _task_lines(
 
 
 def _deploy_component(pipeline: Pipeline, ns: _Namespace) -> list[str]:
-    """The KServe deploy component, when a step is tagged serve:FRAMEWORK (see `converter.serving`)."""
+    """The KServe deploy component, when a step is tagged serve:FRAMEWORK (see `converter.serving.kserve`)."""
     if not ns.deploy:
         return []
-    from converter import serving
+    from converter.serving import kserve as serving
 
     return [serving.deploy_component(pipeline, serving.served_step(pipeline), ns.deploy, ns.dsl)]
 

@@ -1,6 +1,6 @@
 """Compile a pipeline model to KFP IR YAML with the real KFP compiler, via the generated DSL.
 
-The DSL text from `converter.kfp_dsl` is executed as a module and handed to
+The DSL text from `converter.kfp.dsl` is executed as a module and handed to
 `kfp.compiler.Compiler`, so `NAME.py` and `NAME.yaml` cannot drift apart. Everything happens in
 memory; files are written only when every output is ready, each atomically.
 """
@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from converter import kfp_dsl
 from converter.errors import CellpipeError
+from converter.kfp import dsl as kfp_dsl
+from converter.kfp.yaml_emitter import FastDumper
 from converter.model import Pipeline
-from converter.yaml_emitter import FastDumper
 
 
 @dataclass(frozen=True)

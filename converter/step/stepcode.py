@@ -1,6 +1,6 @@
 """The program each step runs, and its command line: one definition for every output and engine.
 
-A step is `python3 -c PROGRAM ARGS...` where PROGRAM is `converter/runtime.py`'s source plus the
+A step is `python3 -c PROGRAM ARGS...` where PROGRAM is `converter/step/runtime.py`'s source plus the
 step's spec. The KFP output puts exactly this in a container component; the local engine runs
 exactly this in a process. Changing the generated code here changes both ("run what you ship").
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from converter import packaging
 from converter.model import CodeCell, Pipeline, Step
+from converter.step import requirements as packaging
 
 ArgKind = Literal["literal", "input", "output", "parameter"]
 KFP_EXECUTOR_OUTPUT = "/tmp/kfp_outputs/output_metadata.json"  # read by the KFP v2 launcher after the command

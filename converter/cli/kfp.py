@@ -16,13 +16,13 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from converter.cli import _EXTRA_PARSERS, EXIT_OK, add_parameter_options, command
+from converter.cli.main import _EXTRA_PARSERS, EXIT_OK, add_parameter_options, command
 from converter.errors import CellpipeError
-from converter.kfp_connection import AUTH_MODES, resolve
+from converter.kfp.connection import AUTH_MODES, resolve
 
 if TYPE_CHECKING:
-    from converter.kfp_cluster import Cluster
-    from converter.runstore import RunStore
+    from converter.kfp.cluster import Cluster
+    from converter.store.runstore import RunStore
 
 _STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "yellow", "CANCELED": "magenta"}
 
@@ -58,7 +58,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _connect(args: argparse.Namespace, host: str | None = None) -> Cluster:
-    from converter.kfp_cluster import Cluster
+    from converter.kfp.cluster import Cluster
 
     return Cluster.connect(resolve(host=args.host or host, namespace=args.namespace, auth=args.auth))
 
@@ -79,11 +79,11 @@ def _schedule(args: argparse.Namespace) -> int:
         raise CellpipeError("cellpipe schedule NB --cron EXPR (or --list, or --delete ID)")
     if args.max_concurrency < 1:
         raise CellpipeError("--max-concurrency must be at least 1")
-    from converter.engines.kfp import DEFAULT_EXPERIMENT, without_cache
-    from converter.kfp_cluster import kfp_cron
-    from converter.kfp_compile import compile_pipeline
-    from converter.parameters import parameter_values
-    from converter.reader import read_notebook
+    from converter.engines.kfp.engine import DEFAULT_EXPERIMENT, without_cache
+    from converter.kfp.cluster import kfp_cron
+    from converter.kfp.compile import compile_pipeline
+    from converter.notebook.parameters import parameter_values
+    from converter.notebook.reader import read_notebook
 
     pipeline = read_notebook(args.notebook)
     cron = kfp_cron(args.cron)
@@ -271,7 +271,7 @@ def _remote_run(store: RunStore, run: str) -> tuple[str, str | None, str | None]
 
 
 def _console() -> Any:
-    from converter.cli_run import _console as console
+    from converter.cli.run import _console as console
 
     return console()
 

@@ -30,16 +30,16 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from converter import graph
-from converter.engines import get_engine
 from converter.engines.base import RunRequest
+from converter.engines.registry import get_engine
 from converter.errors import CellpipeError, InvalidNotebook
 from converter.events import Event, step_states
 from converter.model import Pipeline
-from converter.parameters import typed_values
-from converter.reader import check_node, load
-from converter.runstore import RunRecord, RunStore
-from converter.workspace import Workspace
+from converter.notebook.parameters import typed_values
+from converter.notebook.reader import check_node, load
+from converter.reports import graph
+from converter.store.runstore import RunRecord, RunStore
+from converter.store.workspace import Workspace
 from jupyter_ext.metrics import RunMetrics
 from jupyter_ext.runs import LiveRun, LiveRuns
 
@@ -369,7 +369,7 @@ class CompileHandler(CellpipeHandler):
     @web.authenticated
     @authorized(action="read")
     async def post(self) -> None:
-        from converter.kfp_compile import compile_pipeline  # kfp is slow to import: only when compiling
+        from converter.kfp.compile import compile_pipeline  # kfp is slow to import: only when compiling
 
         _, pipeline = await self.pipeline(self.body({"path": str})["path"])
         compiled = await self.convert(lambda: compile_pipeline(pipeline))

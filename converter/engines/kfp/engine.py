@@ -1,7 +1,7 @@
 """The KFP engine: runs a pipeline on a Kubeflow Pipelines deployment and reports it as the local engine does.
 
 `run` compiles the pipeline in memory, probes the host (one quick healthz request: an unreachable host,
-a login redirect or a rejected credential fails within seconds), publishes it (`converter.kfp_cluster`:
+a login redirect or a rejected credential fails within seconds), publishes it (`converter.kfp.cluster`:
 upload or new version, experiment found or created), starts a run from that version, and then polls
 the run with its task details (1 s, doubling to 10 s while nothing changes) until it is SUCCEEDED,
 FAILED or CANCELED. Transient failures (5xx, resets, timeouts) are retried for up to
@@ -43,16 +43,16 @@ from typing import IO, Any
 
 import yaml
 
-from converter import stepcode
 from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.errors import CellpipeError
 from converter.events import EventLog, EventSink, EventType, RunState, step_states
-from converter.kfp_cluster import Cluster, Published, is_transient
-from converter.kfp_connection import Connection, resolve
+from converter.kfp.cluster import Cluster, Published, is_transient
+from converter.kfp.connection import Connection, resolve
 from converter.model import Pipeline
-from converter.runstore import RunStore
-from converter.runtime import METRICS_LOG_PREFIX
-from converter.workspace import Workspace
+from converter.step import stepcode
+from converter.step.runtime import METRICS_LOG_PREFIX
+from converter.store.runstore import RunStore
+from converter.store.workspace import Workspace
 
 POLL_INITIAL_SECONDS = 1.0
 POLL_MAX_SECONDS = 10.0
@@ -93,7 +93,7 @@ def task_names(pipeline: Pipeline) -> dict[str, str]:
 class KfpEngine:
     """Runs pipelines on a Kubeflow Pipelines deployment; see the module docstring.
 
-    `host`, `namespace`, `auth` override the environment and the config file (`converter.kfp_connection`).
+    `host`, `namespace`, `auth` override the environment and the config file (`converter.kfp.connection`).
     `experiment` wins over the notebook's own and the config's default. `kube` is a
     `kubernetes.client.Configuration` for pod logs: "auto" finds the in-cluster or kube config, None
     turns logs off. `warn` and `notify` tell a person about problems and where the run is (the KFP UI
@@ -132,7 +132,7 @@ class KfpEngine:
         self._wake.set()
 
     def run(self, request: RunRequest, sinks: list[EventSink]) -> RunResult:
-        from converter.kfp_compile import compile_pipeline
+        from converter.kfp.compile import compile_pipeline
 
         self._cancelled.clear()
         if request.resume:
@@ -219,7 +219,7 @@ class _Monitor:
     # ------------------------------------------------------------------ set-up
 
     def _pod_logs(self) -> Any:
-        from converter.engines.kfp_logs import PodLogs, kube_configuration
+        from converter.engines.kfp.logs import PodLogs, kube_configuration
 
         kube = self.engine.kube
         if kube is None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from converter import packaging
 from converter.model import Pipeline
+from converter.step import requirements as packaging
 
 
 def image_slug(image: str) -> str:

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from converter.errors import CellpipeError
 from converter.model import Pipeline
-from converter.search_space import SearchSpace, search_spaces
+from converter.notebook.search_space import SearchSpace, search_spaces
 
 if TYPE_CHECKING:
     import optuna
 
-    from converter.engines.local import LocalEngine
+    from converter.engines.local.engine import LocalEngine
 
 Goal = Literal["max", "min"]
 Algorithm = Literal["random", "grid", "bayesian"]
@@ -219,7 +219,7 @@ def tune(
             return Trial(number, values, "failed", None, outcome.run_id, seconds, f"{objective} = {value}")
         return Trial(number, values, "succeeded", float(value), outcome.run_id, seconds)
 
-    from converter.engines.local import LocalEngine
+    from converter.engines.local.engine import LocalEngine
 
     pending: dict[Future[Trial], optuna.trial.Trial] = {}
     engines: dict[int, LocalEngine] = {}

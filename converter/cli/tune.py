@@ -12,14 +12,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from converter.cli import _EXTRA_PARSERS, EXIT_FAILED, EXIT_OK, add_parameter_options, command
+from converter.cli.main import _EXTRA_PARSERS, EXIT_FAILED, EXIT_OK, add_parameter_options, command
 from converter.errors import CellpipeError
-from converter.parameters import parameter_values
+from converter.notebook.parameters import parameter_values
 
 
 @command("tune")
 def _tune(args: argparse.Namespace) -> int:
-    from converter.reader import read_notebook
+    from converter.notebook.reader import read_notebook
 
     notebook = Path(args.notebook)
     pipeline = read_notebook(notebook)
@@ -30,7 +30,7 @@ def _tune(args: argparse.Namespace) -> int:
         import optuna  # noqa: F401
     except ImportError:
         raise CellpipeError("local tuning needs optuna: pip install 'cellpipe[tune]'") from None
-    from converter import tune
+    from converter.tuning import trials as tune
 
     tune.check_objective(pipeline, args.objective)
     names = sorted(n for n in tune.tunable_spaces(pipeline) if n not in fixed)
@@ -102,7 +102,7 @@ def _tune(args: argparse.Namespace) -> int:
     figure = f"{args.objective} = {best.objective:.6g}{gain}"
     print(f"best: trial {best.number}, {figure}: {params}, run {best.run_id}")
     if args.best_out:
-        from converter.kfp_compile import write_atomically
+        from converter.kfp.compile import write_atomically
 
         target = Path(args.best_out)
         write_atomically(target.parent, {target.name: tune.best_yaml(result, args.notebook)})
@@ -118,8 +118,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _katib(args: argparse.Namespace, pipeline: object, fixed: dict[str, object]) -> int:
-    from converter import katib
     from converter.model import Pipeline
+    from converter.tuning import katib
 
     assert isinstance(pipeline, Pipeline)
     manifest = katib.experiment(
@@ -135,7 +135,7 @@ def _katib(args: argparse.Namespace, pipeline: object, fixed: dict[str, object])
     )
     text = katib.to_yaml(manifest)
     if args.output:
-        from converter.kfp_compile import write_atomically
+        from converter.kfp.compile import write_atomically
 
         target = Path(args.output)
         write_atomically(target.parent, {target.name: text})

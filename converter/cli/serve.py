@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from converter.cli import _EXTRA_PARSERS, EXIT_OK, command
+from converter.cli.main import _EXTRA_PARSERS, EXIT_OK, command
 from converter.errors import CellpipeError
 
 
@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("kserve") is None:  # not imported here: kserve parses sys.argv on import
         raise CellpipeError("local serving needs KServe's model server: pip install 'cellpipe[serve]'")
-    from converter import serving
+    from converter.serving import kserve as serving
 
     model, run_id, variable = serving.load_run_model(args.run, args.step)
     name = args.name or args.step.replace("_", "-")

@@ -25,7 +25,7 @@ import psutil
 
 from converter.errors import CellpipeError
 from converter.model import DEFAULT_GPU_VENDOR, Pipeline, Step
-from converter.tags import cpu_cores, memory_bytes
+from converter.notebook.tags import cpu_cores, memory_bytes
 
 
 def gib(size: float) -> str:

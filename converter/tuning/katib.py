@@ -1,6 +1,6 @@
 """Katib `Experiment`s (kubeflow.org/v1beta1) for the notebook's search spaces, and the trial runner.
 
-Each Katib trial is a Kubernetes Job whose container runs ``python -m converter.katib``: it runs
+Each Katib trial is a Kubernetes Job whose container runs ``python -m converter.tuning.katib``: it runs
 the notebook's pipeline (the very step programs the compiled KFP pipeline carries, through the
 local engine inside the trial pod) with the trial's parameters and prints every metric as
 ``name=value`` for Katib's StdOut metrics collector. The notebook travels in a ConfigMap next to
@@ -27,7 +27,7 @@ from typing import Any
 
 from converter.errors import CellpipeError
 from converter.model import Pipeline
-from converter.search_space import SearchSpace
+from converter.notebook.search_space import SearchSpace
 
 NOTEBOOK_MOUNT = "/cellpipe"
 CONTAINER = "trial"
@@ -35,7 +35,7 @@ _ALGORITHMS = {"random": "random", "grid": "grid", "bayesian": "tpe"}
 
 
 def _render(value: object) -> str:
-    from converter.engines.local import render_parameter
+    from converter.engines.local.engine import render_parameter
 
     return render_parameter(value)
 
@@ -65,7 +65,7 @@ def _parameter_spec(space: SearchSpace) -> dict[str, Any]:
 
 def trial_resources(pipeline: Pipeline) -> dict[str, dict[str, str]]:
     """The trial pod runs every step, one after another at worst: the largest request of each kind."""
-    from converter.tags import cpu_cores, memory_bytes
+    from converter.notebook.tags import cpu_cores, memory_bytes
 
     res = [s.settings.resources for s in pipeline.steps]
     requests: dict[str, str] = {}
@@ -96,7 +96,7 @@ def experiment(
     fixed: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The ConfigMap holding the notebook, then the Experiment: `kubectl apply -f` order."""
-    from converter.tune import check_objective, tunable_spaces
+    from converter.tuning.trials import check_objective, tunable_spaces
 
     check_objective(pipeline, objective)
     fixed = dict(fixed or {})
@@ -108,7 +108,7 @@ def experiment(
     config_map = f"{name}-notebook"[:63].strip("-")
     metrics = sorted({m for s in pipeline.steps for m in s.metrics})
     resources = trial_resources(pipeline)
-    command = ["python", "-m", "converter.katib", f"{NOTEBOOK_MOUNT}/{notebook.name}"]
+    command = ["python", "-m", "converter.tuning.katib", f"{NOTEBOOK_MOUNT}/{notebook.name}"]
     for pname, value in sorted(fixed.items()):
         command += ["-p", pname, _render(value)]
     for pname, space in sorted(spaces.items()):
@@ -228,11 +228,11 @@ def submit(documents: Sequence[Mapping[str, Any]]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one trial: the pipeline with the trial's parameters, metrics printed as name=value."""
     from converter.engines.base import RunRequest
-    from converter.engines.local import LocalEngine
-    from converter.parameters import parameter_values
-    from converter.reader import read_notebook
+    from converter.engines.local.engine import LocalEngine
+    from converter.notebook.parameters import parameter_values
+    from converter.notebook.reader import read_notebook
 
-    parser = argparse.ArgumentParser(prog="python -m converter.katib")
+    parser = argparse.ArgumentParser(prog="python -m converter.tuning.katib")
     parser.add_argument("notebook")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--log10", nargs=2, action="append", default=[], metavar=("NAME", "EXPONENT"))

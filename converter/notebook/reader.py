@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from converter import packaging, search_space, serving, tags
-from converter.analysis import BUILTIN_NAMES, CellAnalysis, CellSyntaxError, analyze_cell, analyze_sequence
 from converter.errors import CellpipeError, InvalidNotebook
 from converter.model import (
     DEFAULT_IMAGE,
@@ -28,6 +26,16 @@ from converter.model import (
     Step,
     VolumeMount,
 )
+from converter.notebook import search_space, tags
+from converter.notebook.analysis import (
+    BUILTIN_NAMES,
+    CellAnalysis,
+    CellSyntaxError,
+    analyze_cell,
+    analyze_sequence,
+)
+from converter.serving import kserve as serving
+from converter.step import requirements as packaging
 
 _PARAM_TYPES: Mapping[type, ParameterType] = {
     bool: "bool",

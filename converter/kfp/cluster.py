@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from converter.errors import CellpipeError
-from converter.kfp_connection import Connection, Healthz, probe
+from converter.kfp.connection import Connection, Healthz, probe
 
 T = TypeVar("T")
 Undo = Sequence[tuple[str, tuple[str, ...]]]  # ("version" | "pipeline" | "experiment", ids) to delete

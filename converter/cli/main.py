@@ -33,7 +33,7 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 
 @command("validate")
 def _validate(args: argparse.Namespace) -> int:
-    from converter.reader import check_notebook
+    from converter.notebook.reader import check_notebook
 
     pipeline, problems = check_notebook(args.notebook)
     valid = pipeline is not None
@@ -55,8 +55,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 @command("compile")
 def _compile(args: argparse.Namespace) -> int:
-    from converter.kfp_compile import compile_pipeline, stale_files, write_atomically
-    from converter.reader import read_notebook
+    from converter.kfp.compile import compile_pipeline, stale_files, write_atomically
+    from converter.notebook.reader import read_notebook
 
     pipeline = read_notebook(args.notebook)
     if not args.quiet:
@@ -64,7 +64,7 @@ def _compile(args: argparse.Namespace) -> int:
     compiled = compile_pipeline(pipeline)
     files = compiled.files()
     if args.build_context:
-        from converter.build_context import build_context
+        from converter.kfp.build_context import build_context
 
         files.update(build_context(pipeline))
     out = Path(args.output)
@@ -83,8 +83,8 @@ def _compile(args: argparse.Namespace) -> int:
 
 @command("graph")
 def _graph(args: argparse.Namespace) -> int:
-    from converter import graph
-    from converter.reader import read_notebook
+    from converter.notebook.reader import read_notebook
+    from converter.reports import graph
 
     pipeline = read_notebook(args.notebook)
     data: str | bytes
@@ -97,7 +97,7 @@ def _graph(args: argparse.Namespace) -> int:
     else:
         data = graph.render_image(pipeline, args.format)
     if args.output:
-        from converter.kfp_compile import write_atomically
+        from converter.kfp.compile import write_atomically
 
         target = Path(args.output)
         write_atomically(target.parent, {target.name: data})
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json", "dot", "svg", "png"], default="text")
     p.add_argument("-o", "--output", help="write to FILE instead of standard output")
 
-    from converter import cli_run, cli_serve, cli_tune  # noqa: F401  (register run, runs, serve, tune)
+    from converter.cli import run, serve, tune  # noqa: F401  (register run, runs, serve, tune)
 
     for register in _EXTRA_PARSERS:
         register(sub)
@@ -182,10 +182,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cellpipe: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
-
-
-if __name__ == "__main__":
-    # Commands register into `converter.cli`, not into this `__main__` copy of the module.
-    from converter.cli import main as _main
-
-    raise SystemExit(_main())

@@ -1,0 +1,1 @@
+"""The `cellpipe` command line: one parser, one module per command group."""

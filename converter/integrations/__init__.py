@@ -1,0 +1,1 @@
+"""cellpipe inside other tools (papermill's engine entry point)."""

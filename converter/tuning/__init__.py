@@ -1,0 +1,1 @@
+"""Hyperparameter tuning: local optuna trials and Katib Experiments."""
