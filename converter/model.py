@@ -146,11 +146,6 @@ class Step:
     def first_cell(self) -> int:
         return self.cells[0].index
 
-    @property
-    def kfp_name(self) -> str:
-        """KFP task names use dashes; `a_b` and `a-b` collide by design."""
-        return self.name.replace("_", "-")
-
 
 @dataclass(frozen=True)
 class Edge:

@@ -226,15 +226,11 @@ def _log_tail_reader(folders: Mapping[str, Path]) -> Callable[[str], list[str]]:
             text = (folders[step] / "log.txt").read_text(encoding="utf-8", errors="replace")
         except (KeyError, OSError):
             return []
-        return text.splitlines()[-junit_tail_lines() :]
+        from converter.reports.junit import LOG_TAIL_LINES
+
+        return text.splitlines()[-LOG_TAIL_LINES:]
 
     return tail
-
-
-def junit_tail_lines() -> int:
-    from converter.reports.junit import LOG_TAIL_LINES
-
-    return LOG_TAIL_LINES
 
 
 # ---------------------------------------------------------------- cellpipe runs

@@ -46,8 +46,6 @@ _PARAM_TYPES: Mapping[type, ParameterType] = {
     dict: "dict",
 }
 _SEARCH_COMMENT = re.compile(r"#\s*search:\s*(.+?)\s*$")
-# Names our own step artifacts use; variables with these names travel under another artifact name.
-RESERVED_ARTIFACTS = frozenset({"metrics", "report"})
 
 
 def read_notebook(path: str | Path) -> Pipeline:

@@ -326,10 +326,6 @@ class RunStore:
                 (run_id, name, run_id),
             )
 
-    def set_remote_id(self, run_id: str, remote_id: str) -> None:
-        with self._write() as db:
-            db.execute("UPDATE runs SET remote_id = ? WHERE id = ?", (remote_id, run_id))
-
     def request_cancel(self, run_id: str) -> bool:
         """Ask the engine running `run_id` (in any process) to cancel it; False if it is not running."""
         with self._write() as db:

@@ -157,10 +157,6 @@ class StepProcesses:
             attempt = self._attempts.get(key)
             return None if attempt is None or attempt.exited else attempt.pid
 
-    @property
-    def using_fork_server(self) -> bool:
-        return self._control is not None and not self._server_gone
-
     def close(self) -> None:
         """Kill every step still running, stop the fork server and the I/O thread."""
         with self._lock:
