@@ -10,7 +10,7 @@ Prints events/s delivered (over all clients) and the 95th-percentile delay from 
 emission (its ``time``) to its receipt by a client; target < 200 ms. Exits 1 if any client missed
 an event, saw one twice or out of order, or the delay target is missed.
 
-`read_events` and `load` are also what `tests/test_event_stream_load.py` runs, smaller.
+`read_events` and `load` are also what `tests/jupyter_ext/test_event_stream_load.py` runs, smaller.
 """
 
 from __future__ import annotations

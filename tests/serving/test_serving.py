@@ -28,7 +28,7 @@ from converter.notebook.reader import check_node, read_notebook
 from converter.serving import kserve as serving
 from tests.openapi_models import validate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_notebooks" / "sklearn_tabular.ipynb"
 CELLPIPE = str(Path(sys.executable).with_name("cellpipe"))
 

@@ -1,6 +1,6 @@
 """The KFP engine end to end: the real `kfp.Client` and `kubernetes` client against a loopback test double.
 
-`tests/kfp_api_double.py` stands in for the KFP v2beta1 REST API and the Kubernetes pod-log endpoints
+`tests/engines/kfp_api_double.py` stands in for the KFP v2beta1 REST API and the Kubernetes pod-log endpoints
 (it validates every request body against kfp-server-api's models). Most tests drive `cellpipe` itself
 (`converter.cli.main.main`); the event-shape test also runs the same notebook on the real local engine.
 Every test gets its own CELLPIPE_HOME, HOME and kube config, and polls the double every few ms.
@@ -22,7 +22,6 @@ import kfp
 import nbformat
 import pytest
 import yaml
-from kfp_api_double import KfpApiDouble
 
 import converter.engines.kfp.engine as kfp_engine
 import converter.kfp.connection as kfp_connection
@@ -39,6 +38,7 @@ from converter.kfp.connection import Connection, resolve
 from converter.notebook.reader import read_notebook
 from converter.step.runtime import METRICS_LOG_PREFIX
 from converter.store.runstore import RunStore
+from tests.engines.kfp_api_double import KfpApiDouble
 
 TOKEN = "tok-SECRET-7f3a9c"
 STEPS = ["prep", "left", "right", "join"]

@@ -22,7 +22,7 @@ from converter.tuning import katib
 from converter.tuning import trials as tune
 from tests.openapi_models import validate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_notebooks" / "sklearn_tabular.ipynb"
 CELLPIPE = str(Path(sys.executable).with_name("cellpipe"))
 

@@ -16,7 +16,7 @@ from papermill.engines import papermill_engines
 
 from converter.integrations.papermill_engine import CellpipeEngine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from converter.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_notebooks"
 BAD_TAGS = ROOT / "tests" / "notebooks" / "bad_tags.ipynb"
 ETL = SAMPLES / "pandas_etl.ipynb"

@@ -37,7 +37,7 @@ from converter.model import Pipeline
 from converter.notebook.reader import read_notebook
 from converter.step import stepcode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_notebooks"
 SAMPLE_PATHS = sorted(SAMPLES.glob("*.ipynb"))
 BAD_TAGS = ROOT / "tests" / "notebooks" / "bad_tags.ipynb"

@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = Path(str(importlib.resources.files("papermill") / "tests" / "notebooks"))
 TIMEOUT = 120  # seconds for one cell (papermill) and, times three, for a whole batch
 

@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from event_stream_load import read_events
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)

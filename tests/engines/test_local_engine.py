@@ -30,7 +30,7 @@ from converter.model import CodeCell, Edge, Parameter, Pipeline, Resources, Step
 from converter.step import stepcode
 from converter.store.runstore import RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_notebooks"
 FORK_MODES = [
     pytest.param(

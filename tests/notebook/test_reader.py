@@ -20,7 +20,7 @@ from converter.kfp.compile import compile_pipeline
 from converter.model import Pipeline, Problem, Resources, VolumeMount
 from converter.notebook.reader import check_node, check_notebook, read_notebook
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_notebooks"
 BAD_TAGS = ROOT / "tests" / "notebooks" / "bad_tags.ipynb"
 

@@ -27,7 +27,7 @@ from converter.errors import CellpipeError
 from converter.model import Parameter
 from converter.notebook.parameters import coerce, papermill_value
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_notebooks"
 
 

@@ -17,7 +17,7 @@ from converter.errors import CellpipeError
 from converter.events import EventLog, step_states
 from converter.store.runstore import ORPHAN_MESSAGE, RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from converter.events import Event
 from jupyter_ext import Launcher, RunMonitor, launcher
 from jupyter_ext.widgets import levels
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SKLEARN = ROOT / "sample_notebooks" / "sklearn_tabular.ipynb"
 STEPS = ["first", "left", "right", "join"]
 
