@@ -1,0 +1,177 @@
+"""Data flow: each step's inputs (names an earlier step assigned), outputs, parameters, and the steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from converter.model import Edge, Parameter, Step
+from converter.notebook import metrics, order, tags
+from converter.notebook.analysis import BUILTIN_NAMES, CellAnalysis, analyze_sequence
+from converter.notebook.drafts import EMPTY, Cell, Report, StepDraft, code_cell
+from converter.step import requirements as packaging
+
+
+def data_flow(
+    report: Report,
+    drafts: list[StepDraft],
+    roles: dict[str, list[Cell]],
+    preamble: list[Cell],
+    parameters: tuple[Parameter, ...],
+    meta: dict[str, Any],
+) -> tuple[tuple[Step, ...], tuple[Edge, ...]] | tuple[None, None]:
+    shared = [c.analysis for c in roles.get("imports", []) + roles.get("functions", []) if c.analysis]
+    common = analyze_sequence(shared) if shared else None
+    common_names = set(common.assigns) if common else set()
+    functions: dict[str, frozenset[str]] = {}
+    for analysis in shared:
+        functions.update(analysis.functions)
+    param_names = {p.name for p in parameters}
+    preamble_defs = {n: c.index for c in preamble if c.analysis for n in c.analysis.assigns}
+    opaque_before = [
+        c.index for c in preamble + [c for d in drafts for c in d.cells] if c.analysis and c.analysis.opaque
+    ]
+    if common and common.reads - BUILTIN_NAMES - common_names:
+        for cell in roles.get("imports", []) + roles.get("functions", []):
+            if cell.analysis:
+                missing = sorted(cell.analysis.reads - BUILTIN_NAMES - common_names - param_names)
+                for name in missing:
+                    report.error(
+                        cell.index,
+                        cell.tags.role,
+                        f"name {name!r} is not defined (imports and functions cells run first in "
+                        "every step and can only use each other's names)",
+                    )
+
+    names = {d.name for d in drafts}
+    for draft in drafts:
+        for target in draft.after:
+            if target not in names:
+                report.error(draft.first.index, f"after:{target}", f"after: names unknown step {target!r}")
+            elif target == draft.name:
+                report.error(draft.first.index, f"after:{target}", "a step cannot run after itself")
+
+    # Walk the steps in notebook order, as a top-to-bottom run would.
+    definitions: dict[str, str] = {}
+    step_inputs: dict[str, dict[str, str]] = {}  # step -> variable -> producer
+    step_params: dict[str, set[str]] = {}
+    step_analysis: dict[str, CellAnalysis] = {}
+    for draft in drafts:
+        analyses = [c.analysis for c in draft.cells if c.analysis is not None]
+        if len(analyses) != len(draft.cells):
+            step_analysis[draft.name] = analyze_sequence(analyses) if analyses else EMPTY
+            continue
+        block = analyze_sequence(analyses)
+        step_analysis[draft.name] = block
+        reads = set(block.reads)
+        # Functions from `functions` cells read globals at call time: follow them.
+        pending = [n for n in reads if n in functions]
+        seen: set[str] = set()
+        while pending:
+            fn = pending.pop()
+            if fn in seen:
+                continue
+            seen.add(fn)
+            for free in functions[fn]:
+                if free in functions:
+                    pending.append(free)
+                elif free not in block.assigns or free in block.reads:
+                    reads.add(free)
+        for fn_free in block.functions.values():
+            reads.update(n for n in fn_free if n not in block.assigns and n not in functions)
+        inputs: dict[str, str] = {}
+        params: set[str] = set()
+        for name in sorted(reads - common_names):
+            if name in definitions:
+                inputs[name] = definitions[name]  # may shadow a builtin, as in the notebook
+            elif name in BUILTIN_NAMES:
+                continue
+            elif name in param_names:
+                params.add(name)
+            elif name in preamble_defs:
+                report.error_at(
+                    reading_cell(draft, name),
+                    f"step {draft.name!r} reads {name!r}, which only cell {preamble_defs[name]} defines, "
+                    "and that cell is left out of the pipeline (tag it as a step, imports or functions)",
+                )
+            elif name in block.weak_reads:
+                continue  # maybe bound by the step itself first, or a shell line's environment variable
+            elif opaque_before and min(opaque_before) <= draft.cells[-1].index:
+                continue  # a %run, exec or star import may define it: cannot tell
+            else:
+                report.error_at(
+                    reading_cell(draft, name),
+                    f"name {name!r} is not defined before step {draft.name!r} "
+                    "(not a builtin, import, parameter or earlier step's variable)",
+                )
+        for name in sorted(block.assigns & param_names):
+            report.error_at(
+                assigning_cell(draft, name),
+                f"step {draft.name!r} assigns {name!r}, which is a pipeline parameter; parameters are "
+                "read-only inputs (use another variable name)",
+            )
+        step_inputs[draft.name] = inputs
+        step_params[draft.name] = params
+        for name in block.assigns - block.imports:
+            definitions[name] = draft.name
+        for name in block.mutates:
+            if name in inputs:
+                definitions[name] = draft.name  # later readers get the mutated version
+        for name in block.imports:
+            definitions.pop(name, None)
+
+    metrics_of = metrics.producers(report, roles.get("metrics", []), drafts, step_analysis, param_names)
+    # Resource and cycle checks run even when other errors were found: every problem at once.
+    settings_of = {
+        d.name: tags.to_step_settings(tags.merge([meta["defaults"], d.settings, d.structured]))
+        for d in drafts
+    }
+    for draft in drafts:
+        tags.check_resources(report.notebook, draft.first.index, settings_of[draft.name], report.problems)
+    edges = order.edges(drafts, step_inputs)
+    ordered = order.topological(report, drafts, edges)
+    if ordered is None or any(p.severity == "error" for p in report.problems):
+        return None, None
+
+    outputs: dict[str, set[str]] = {d.name: set() for d in drafts}
+    for inputs in step_inputs.values():
+        for name, producer in inputs.items():
+            outputs[producer].add(name)
+    steps = []
+    imports_cells = roles.get("imports", []) + roles.get("functions", [])
+    for draft in ordered:
+        settings = settings_of[draft.name]
+        block = step_analysis[draft.name]
+        modules = set(block.modules) | {m for c in imports_cells if c.analysis for m in c.analysis.modules}
+        uses_ipython = block.uses_ipython or any(c.analysis.uses_ipython for c in imports_cells if c.analysis)
+        steps.append(
+            Step(
+                name=draft.name,
+                cells=tuple(code_cell(c) for c in draft.cells),
+                inputs=tuple(sorted(step_inputs[draft.name])),
+                outputs=tuple(sorted(outputs[draft.name])),
+                parameters=tuple(sorted(step_params[draft.name])),
+                metrics=tuple(sorted(metrics_of.get(draft.name, ()))),
+                after=tuple(draft.after),
+                packages=packaging.requirements(modules, meta["packages"], settings.packages, uses_ipython),
+                settings=settings,
+                uses_ipython=uses_ipython,
+                modules=tuple(sorted(modules)),
+            )
+        )
+    return tuple(steps), edges
+
+
+def reading_cell(draft: StepDraft, name: str) -> Cell:
+    for cell in draft.cells:
+        if cell.analysis and (
+            name in cell.analysis.reads or any(name in f for f in cell.analysis.functions.values())
+        ):
+            return cell
+    return draft.first
+
+
+def assigning_cell(draft: StepDraft, name: str) -> Cell:
+    for cell in draft.cells:
+        if cell.analysis and name in cell.analysis.assigns:
+            return cell
+    return draft.first
