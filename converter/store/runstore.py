@@ -9,13 +9,18 @@ Log lines are not stored here (a chatty step would turn every line into a write 
 they are in the step's ``log.txt``, whose path the ``steps`` table holds. Every other event is
 kept in ``events`` so a client can replay or resume a run's stream.
 
-A run whose engine process died (SIGKILL, power loss) would stay "running" forever; the next
-engine start calls `mark_orphans`, which fails such runs with the message "engine stopped".
-The engine's pid is stored with its start time, so a recycled pid is not mistaken for it.
+A run whose engine process died (SIGKILL, OOM killer, power loss) would stay "running" forever.
+So every read that could see it running (`get_run`, `list_runs`, `events`, `request_cancel`)
+first checks that the engine of each running local run is alive, and fails the run if it is not:
+message "engine stopped", running steps failed, waiting ones cancelled, and the ``step_failed``
+and ``run_finished`` events a live engine would have sent, so streams and followers end. The
+engine's pid is stored with its start time, so a recycled pid is not mistaken for it. (The next
+engine start does the same for every run, `mark_orphans`, and discards their staged outputs.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -206,6 +211,20 @@ def _alive(pid: int, started: float | None) -> bool:
         return True
 
 
+_OWNER_COLUMNS = "id, state, pid, pid_started, host, remote_id"
+
+
+def _orphaned(row: sqlite3.Row) -> bool:
+    """A running local run of this host whose engine process is gone (cluster runs have no local engine)."""
+    return (
+        row["state"] == "running"
+        and row["remote_id"] is None
+        and row["pid"] is not None
+        and row["host"] in (None, socket.gethostname())
+        and not _alive(row["pid"], row["pid_started"])
+    )
+
+
 def _json(value: object) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
@@ -327,7 +346,9 @@ class RunStore:
             )
 
     def request_cancel(self, run_id: str) -> bool:
-        """Ask the engine running `run_id` (in any process) to cancel it; False if it is not running."""
+        """Ask the engine running `run_id` (in any process) to cancel it; False if it is not running
+        (a run whose engine is gone is failed here instead: nobody would act on the request)."""
+        self._check_run(run_id)
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (run_id,)
@@ -361,51 +382,70 @@ class RunStore:
 
     def mark_orphans(self) -> list[str]:
         """Fail running local runs of this host whose engine process is gone; their ids."""
-        host = socket.gethostname()
         with self._read() as db:
-            rows = db.execute(
-                "SELECT id, pid, pid_started, host, last_seq FROM runs"
-                " WHERE state = 'running' AND remote_id IS NULL AND pid IS NOT NULL"
-            ).fetchall()
-        orphans = [r for r in rows if r["host"] in (None, host) and not _alive(r["pid"], r["pid_started"])]
-        marked: list[str] = []
-        for row in orphans:
-            now = time.time()
-            with self._write() as db:
-                current = db.execute("SELECT state, last_seq, created FROM runs WHERE id = ?", (row["id"],))
-                state = current.fetchone()
-                if state is None or state["state"] != "running":
-                    continue  # another engine got there first
-                db.execute(
-                    "UPDATE runs SET state = 'failed', message = ?, finished = ?, duration = ? WHERE id = ?",
-                    (ORPHAN_MESSAGE, now, now - state["created"], row["id"]),
+            rows = db.execute(f"SELECT {_OWNER_COLUMNS} FROM runs WHERE state = 'running'").fetchall()
+        return [row["id"] for row in rows if _orphaned(row) and self._fail_orphan(row["id"])]
+
+    def _check_run(self, run_id: str) -> None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_OWNER_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is not None:
+            self._check_engine([row])
+
+    def _check_engine(self, rows: Sequence[sqlite3.Row]) -> bool:
+        """Fail the runs among `rows` whose engine is gone (what every reader does before it answers,
+        so a killed engine's run never reads as running); True if any was failed."""
+        return any([self._fail_orphan(row["id"]) for row in rows if _orphaned(row)])
+
+    def _fail_orphan(self, run_id: str) -> bool:
+        """End a run whose engine died: running steps failed, waiting ones cancelled, and the events
+        a live engine would have sent (so streams end); False if it was no longer running."""
+        now = time.time()
+        with self._write() as db:
+            current = db.execute("SELECT state, last_seq, created FROM runs WHERE id = ?", (run_id,))
+            state = current.fetchone()
+            if state is None or state["state"] != "running":
+                return False  # another reader or engine got there first
+            running = [
+                row[0]
+                for row in db.execute(
+                    "SELECT name FROM steps WHERE run_id = ? AND state = 'running' ORDER BY position",
+                    (run_id,),
                 )
-                db.execute(
-                    "UPDATE steps SET state = 'failed', message = ?, finished = ? "
-                    "WHERE run_id = ? AND state = 'running'",
-                    (ORPHAN_MESSAGE, now, row["id"]),
-                )
-                db.execute(
-                    "UPDATE attempts SET state = 'failed', message = ?, finished = ? "
-                    "WHERE run_id = ? AND state = 'running'",
-                    (ORPHAN_MESSAGE, now, row["id"]),
-                )
-                db.execute(
-                    "UPDATE steps SET state = 'cancelled'"
-                    " WHERE run_id = ? AND state IN ('pending', 'queued')",
-                    (row["id"],),
-                )
-                seq = state["last_seq"] + 1
-                event = Event(
-                    row["id"], seq, "run_finished", time=now, state="failed", message=ORPHAN_MESSAGE
-                )
+            ]
+            db.execute(
+                "UPDATE runs SET state = 'failed', message = ?, finished = ?, duration = ? WHERE id = ?",
+                (ORPHAN_MESSAGE, now, now - state["created"], run_id),
+            )
+            db.execute(
+                "UPDATE steps SET state = 'failed', message = ?, finished = ? "
+                "WHERE run_id = ? AND state = 'running'",
+                (ORPHAN_MESSAGE, now, run_id),
+            )
+            db.execute(
+                "UPDATE attempts SET state = 'failed', message = ?, finished = ? "
+                "WHERE run_id = ? AND state = 'running'",
+                (ORPHAN_MESSAGE, now, run_id),
+            )
+            final = tuple(FINAL_STEP_STATES)
+            marks = ",".join("?" * len(final))
+            db.execute(
+                f"UPDATE steps SET state = 'cancelled' WHERE run_id = ? AND state NOT IN ({marks})",
+                (run_id, *final),
+            )
+            seq = state["last_seq"]
+            stopped = ORPHAN_MESSAGE
+            events = [Event(run_id, 0, "step_failed", time=now, step=n, message=stopped) for n in running]
+            events.append(Event(run_id, 0, "run_finished", time=now, state="failed", message=stopped))
+            for event in events:
+                seq += 1
+                numbered = dataclasses.replace(event, seq=seq)
                 db.execute(
                     "INSERT OR IGNORE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
-                    (row["id"], seq, event.type, None, now, _json(event.to_json())),
+                    (run_id, seq, numbered.type, numbered.step, now, _json(numbered.to_json())),
                 )
-                db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, row["id"]))
-            marked.append(row["id"])
-        return marked
+            db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
+        return True
 
     # ------------------------------------------------------------------ reading
 
@@ -434,12 +474,17 @@ class RunStore:
     def get_run(self, run_id: str) -> RunRecord:
         """A run with its steps; `run_id` may be a unique prefix. CellpipeError if there is none."""
         full = self.resolve(run_id)
+        self._check_run(full)
         with self._read() as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (full,)).fetchone()
             return self._run(db, row)
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         """The newest runs first, with their steps."""
+        with self._lock:
+            running = self._db.execute(f"SELECT {_OWNER_COLUMNS} FROM runs WHERE state = 'running'")
+            rows = running.fetchall()
+        self._check_engine(rows)
         with self._read() as db:
             rows = db.execute(
                 "SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?", (limit,)
@@ -447,7 +492,9 @@ class RunStore:
             return [self._run(db, row) for row in rows]
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
-        """A run's events after sequence number `after` (log lines excluded), in order."""
+        """A run's events after sequence number `after` (log lines excluded), in order; a run whose
+        engine is gone ends with the events that say so."""
+        self._check_run(run_id)
         with self._lock:
             rows = self._db.execute(
                 "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after)
