@@ -16,7 +16,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from converter.cli.main import _EXTRA_PARSERS, EXIT_OK, add_parameter_options, command
+from converter.cli.common import EXIT_OK, Command, add_parameter_options
+from converter.cli.common import console as _console
 from converter.errors import CellpipeError
 from converter.kfp.connection import AUTH_MODES, resolve
 
@@ -66,7 +67,6 @@ def _connect(args: argparse.Namespace, host: str | None = None) -> Cluster:
 # ---------------------------------------------------------------- cellpipe schedule
 
 
-@command("schedule")
 def _schedule(args: argparse.Namespace) -> int:
     if args.list:
         return _schedule_list(args)
@@ -270,17 +270,10 @@ def _remote_run(store: RunStore, run: str) -> tuple[str, str | None, str | None]
     return record.remote_id, record.id, host
 
 
-def _console() -> Any:
-    from converter.cli.run import _console as console
-
-    return console()
-
-
 # ---------------------------------------------------------------- argument parsers
 
 
-def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("schedule", help="run a notebook's pipeline on a KFP cluster on a cron schedule")
+def _schedule_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook", nargs="?")
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--cron", metavar="EXPR", help="cron expression: '0 2 * * *' (5 fields), or KFP's 6")
@@ -295,4 +288,11 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add_connection_options(p, experiment=True)
 
 
-_EXTRA_PARSERS.append(_add_parsers)
+COMMANDS = [
+    Command(
+        "schedule",
+        "run a notebook's pipeline on a KFP cluster on a cron schedule",
+        _schedule_arguments,
+        _schedule,
+    ),
+]

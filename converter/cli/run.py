@@ -21,20 +21,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from converter.cli import kfp as cli_kfp
+from converter.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Command, add_parameter_options
+from converter.cli.common import console as _console
 from converter.cli.kfp import engine_options
-from converter.cli.main import (
-    _EXTRA_PARSERS,
-    EXIT_CANCELLED,
-    EXIT_FAILED,
-    EXIT_OK,
-    add_parameter_options,
-    command,
-)
 from converter.engines.base import Engine, RunRequest, RunResult
 from converter.errors import CellpipeError
 from converter.events import Event
@@ -138,7 +131,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 # ---------------------------------------------------------------- cellpipe run
 
 
-@command("run")
 def _run(args: argparse.Namespace) -> int:
     from converter.notebook.reader import load, read_notebook
     from converter.reports.progress import Progress, choose_mode
@@ -248,7 +240,6 @@ def _store() -> Iterator[RunStore]:
         store.close()
 
 
-@command("runs")
 def _runs(args: argparse.Namespace) -> int:
     with _store() as store:
         engine = getattr(args, "engine", "local")  # `runs logs` has none: it reads the stored logs
@@ -405,16 +396,10 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f}s" if value is not None else ""
 
 
-def _console() -> Console:
-    """Full lines when piped (grep, CI logs): rich would otherwise fit tables into 80 columns."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
 # ---------------------------------------------------------------- argument parsers
 
 
-def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the notebook as a pipeline (local engine by default)")
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook")
     add_parameter_options(p, "a parameter value")
     p.add_argument("--engine", default="local", help="local (default) or kfp")
@@ -435,7 +420,8 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary line and errors")
     cli_kfp.add_connection_options(p, experiment=True)
 
-    p = sub.add_parser("runs", help="runs in the local run store ($CELLPIPE_HOME)")
+
+def _runs_arguments(p: argparse.ArgumentParser) -> None:
     runs = p.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
     q = runs.add_parser("list", help="the newest runs")
     q.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
@@ -464,4 +450,7 @@ def _add_engine_option(parser: argparse.ArgumentParser) -> None:
     cli_kfp.add_connection_options(parser)
 
 
-_EXTRA_PARSERS.append(_add_parsers)
+COMMANDS = [
+    Command("run", "run the notebook as a pipeline (local engine by default)", _run_arguments, _run),
+    Command("runs", "runs in the local run store ($CELLPIPE_HOME)", _runs_arguments, _runs),
+]

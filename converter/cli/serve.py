@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from converter.cli.main import _EXTRA_PARSERS, EXIT_OK, command
+from converter.cli.common import EXIT_OK, Command
 from converter.errors import CellpipeError
 
 
-@command("serve")
 def _serve(args: argparse.Namespace) -> int:
     if not args.local:
         raise CellpipeError(
@@ -31,8 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="serve the model a step of a local run produced (KServe V1 and V2)")
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run id, or a unique prefix of one")
     p.add_argument("step", help="the step that produced the model")
     p.add_argument("--local", action="store_true", help="serve on this machine (127.0.0.1)")
@@ -40,4 +38,8 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--name", help="model name in the URLs (default: the step name)")
 
 
-_EXTRA_PARSERS.append(_add_parsers)
+COMMANDS = [
+    Command(
+        "serve", "serve the model a step of a local run produced (KServe V1 and V2)", _serve_arguments, _serve
+    ),
+]

@@ -12,12 +12,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from converter.cli.main import _EXTRA_PARSERS, EXIT_FAILED, EXIT_OK, add_parameter_options, command
+from converter.cli.common import EXIT_FAILED, EXIT_OK, Command, add_parameter_options
 from converter.errors import CellpipeError
 from converter.notebook.parameters import parameter_values
 
 
-@command("tune")
 def _tune(args: argparse.Namespace) -> int:
     from converter.notebook.reader import read_notebook
 
@@ -150,8 +149,7 @@ def _katib(args: argparse.Namespace, pipeline: object, fixed: dict[str, object])
     return EXIT_OK
 
 
-def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("tune", help="tune the parameters annotated with # search: (local trials or Katib)")
+def _tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook")
     p.add_argument(
         "--objective", required=True, help="the metric to optimise (a name the metrics cell records)"
@@ -179,4 +177,11 @@ def _add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("-q", "--quiet", action="store_true")
 
 
-_EXTRA_PARSERS.append(_add_parsers)
+COMMANDS = [
+    Command(
+        "tune",
+        "tune the parameters annotated with # search: (local trials or Katib)",
+        _tune_arguments,
+        _tune,
+    ),
+]
