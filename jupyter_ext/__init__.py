@@ -20,9 +20,10 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from jupyter_ext.server import cells, results
     from jupyter_ext.server.handlers import setup
 
-    setup(serverapp.web_app, serverapp.root_dir)
+    setup(serverapp.web_app, serverapp.root_dir, [*cells.HANDLERS, *results.HANDLERS])
     serverapp.log.info("cellpipe: REST API at %scellpipe/api/", serverapp.base_url)
 
 

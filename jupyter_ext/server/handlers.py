@@ -18,7 +18,7 @@ import atexit
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -50,6 +50,7 @@ STORE_POLL_SECONDS = 0.5  # following a run another process is running
 DEFAULT_RUN_LIST = 50
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 MAX_RUN_LIST = 1000
+RUN_ID = r"(?P<run_id>[A-Za-z0-9][A-Za-z0-9._-]*)"  # in URL patterns
 
 T = TypeVar("T")
 
@@ -577,12 +578,12 @@ class MetricsHandler(CellpipeHandler):
 # ---------------------------------------------------------------------- wiring
 
 
-def setup(web_app: Any, root_dir: str) -> Service:
-    """Add the API to a running server's tornado application."""
+def setup(web_app: Any, root_dir: str, more: Sequence[tuple[str, type]] = ()) -> Service:
+    """Add the API to a running server's tornado application (`more`: patterns under the API prefix)."""
     service = Service(root=Path(os.path.expanduser(root_dir)), workspace=Workspace.default())
     web_app.settings["cellpipe"] = service
     base = url_path_join(web_app.settings["base_url"], API_PREFIX)
-    run_id = r"(?P<run_id>[A-Za-z0-9][A-Za-z0-9._-]*)"
+    run_id = RUN_ID
     web_app.add_handlers(
         ".*$",
         [
@@ -593,7 +594,8 @@ def setup(web_app: Any, root_dir: str) -> Service:
             (url_path_join(base, "runs", run_id), RunHandler),
             (url_path_join(base, "runs", run_id, "events"), EventsHandler),
             (url_path_join(base, "metrics"), MetricsHandler),
-        ],
+        ]
+        + [(url_path_join(base, pattern), handler) for pattern, handler in more],
     )
     atexit.register(service.stop_runs)
     return service
