@@ -285,6 +285,58 @@ def _importable(name: str) -> bool:
 # ---------------------------------------------------------------- running the cells
 
 
+class _Capture:
+    """One stream output's text, captured in linear time with bounded memory.
+
+    Chunks are kept in a list (growing one string by ``+=`` copies it on every write: quadratic in
+    the bytes printed). Past `limit` characters the middle is dropped: the first half of the limit
+    stays, then the most recent half, with a line saying how much was cut and why. The step's log
+    (the pod log, or the local engine's step log) gets every line regardless.
+    """
+
+    limit = int(os.environ.get("CELLPIPE_OUTPUT_LIMIT", 64 * 1024 * 1024))  # characters per output
+
+    def __init__(self, text: str) -> None:
+        self.head: list[str] = []
+        self.head_size = 0
+        self.tail: list[str] = []  # used once the head is full; oldest chunks dropped first
+        self.tail_start = 0  # index of the oldest chunk still kept in `tail`
+        self.tail_size = 0
+        self.cut_chars = self.cut_lines = 0
+        self.add(text)
+
+    def add(self, text: str) -> None:
+        half = self.limit // 2
+        if self.head_size < half and not self.tail:
+            self.head.append(text)
+            self.head_size += len(text)
+            return
+        self.tail.append(text)
+        self.tail_size += len(text)
+        while self.tail_size > half and len(self.tail) - self.tail_start > 1:
+            dropped = self.tail[self.tail_start]
+            self.tail[self.tail_start] = ""
+            self.tail_start += 1
+            self.tail_size -= len(dropped)
+            self.cut_chars += len(dropped)
+            self.cut_lines += dropped.count("\n")
+        if self.tail_start > 1024 and self.tail_start * 2 > len(self.tail):
+            del self.tail[: self.tail_start]  # amortized: each chunk is moved at most once more
+            self.tail_start = 0
+
+    def text(self) -> str:
+        head = "".join(self.head)
+        if not self.cut_chars:
+            return head + "".join(self.tail)
+        if not head.endswith("\n"):
+            head += "\n"
+        note = (
+            f"[cellpipe: {self.cut_lines:,} lines ({self.cut_chars:,} characters) of output cut here to "
+            f"bound the step's memory (CELLPIPE_OUTPUT_LIMIT={self.limit}); the step log has every line]\n"
+        )
+        return head + note + "".join(self.tail[self.tail_start :])
+
+
 class _Tee:
     """A stdout/stderr stand-in: writes through at once (pod log) and records a stream output."""
 
@@ -467,10 +519,17 @@ class _Step:
 
     def stream(self, name: str, text: str) -> None:
         last = self.outputs[-1] if self.outputs else None
-        if last and last["output_type"] == "stream" and last["name"] == name:
-            last["text"] += text
+        if last and last["output_type"] == "stream" and last["name"] == name and "text" not in last:
+            last["_capture"].add(text)
         else:
-            self.outputs.append({"output_type": "stream", "name": name, "text": text})
+            self.outputs.append({"output_type": "stream", "name": name, "_capture": _Capture(text)})
+
+    def _finish_outputs(self) -> None:
+        """Stream outputs captured as chunks become nbformat's one `text` string each."""
+        for output in self.outputs:
+            capture = output.pop("_capture", None)
+            if capture is not None:
+                output["text"] = capture.text()
 
     def _run_cells(self) -> bool:
         """Run every cell like a kernel would; False when one failed."""
@@ -482,6 +541,7 @@ class _Step:
                 started = time.perf_counter()
                 error = self._run_cell(cell["index"], cell["code"], count)
                 self._flush_figures()
+                self._finish_outputs()
                 t = round(time.perf_counter() - started, 3)
                 self.done.append({**cell, "execution_count": count, "outputs": self.outputs, "seconds": t})
                 if isinstance(error, SystemExit) and error.code in (None, 0):

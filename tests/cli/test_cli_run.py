@@ -242,6 +242,19 @@ def test_sample_notebook_runs_with_outputs_junit_and_events(
     assert all(c.find("failure") is None and c.find("skipped") is None for c in cases)
 
 
+def test_a_chatty_step_keeps_every_line_in_the_notebook_and_the_step_log(tmp_path: Path, home: Path) -> None:
+    code = "for i in range(20000):\n    print('x' * 94, f'{i:05d}')\n"
+    notebook = _notebook(tmp_path / "chatty.ipynb", (code, ["step:chatty"]))
+    out = tmp_path / "out.ipynb"
+    assert main(["run", "-q", str(notebook), "-o", str(out)]) == 0
+    (cell,) = nbformat.read(out, as_version=4).cells
+    (stream,) = cell.outputs
+    expected = [f"{'x' * 94} {i:05d}" for i in range(20000)]
+    assert stream.text.splitlines() == expected
+    (log,) = home.glob("runs/*/chatty/log.txt")
+    assert log.read_text().splitlines() == expected
+
+
 def test_failing_step_exits_1_skips_downstream_and_marks_the_cell(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -444,3 +444,69 @@ def test_trivial_step_imports_nothing_heavy(tmp_path: Path) -> None:
     result = run(make_spec(cell(1, code)), "--output", "heavy", tmp_path / "h", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert load_value(tmp_path / "h") == []
+
+
+COUNTING_STR = """
+import sys
+
+class Counted(str):
+    '''A chunk that counts the characters any `+` involving it copies (accumulating by += does).'''
+    copied = 0
+
+    def __add__(self, other):
+        Counted.copied += len(self) + len(other)
+        return str.__add__(self, other)
+
+    def __radd__(self, other):
+        Counted.copied += len(self) + len(other)
+        return str.__add__(other, self)
+"""
+
+
+def test_printed_output_is_captured_without_copying_what_came_before(tmp_path: Path) -> None:
+    """The shape of the cost: capturing N writes copies O(N) characters, not O(N^2) (no wall clock)."""
+    code = COUNTING_STR + (
+        "for i in range(5000):\n"
+        "    sys.stdout.write(Counted('x' * 94 + f' {i:05d}\\n'))\n"
+        "copied = Counted.copied\n"
+    )
+    outputs = tmp_path / "cells.json"
+    result = run(
+        make_spec(cell(1, code)),
+        "--output",
+        "copied",
+        tmp_path / "c",
+        "--cell-outputs",
+        outputs,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_value(tmp_path / "c") == 0  # was ~5000**2 * 50 characters with `text += chunk`
+    (stream,) = cell_outputs(outputs)["cells"][0]["outputs"]
+    lines = stream["text"].splitlines()
+    assert len(lines) == 5000 and lines[0].endswith(" 00000") and lines[-1].endswith(" 04999")
+    assert result.stdout.count("\n") == 5000  # tee'd through to the log, every line
+
+
+def test_output_past_the_limit_keeps_head_and_tail_and_says_what_was_cut(tmp_path: Path) -> None:
+    code = "import sys\nfor i in range(1000):\n    print(f'line {i:04d}', 'x' * 40)\n"
+    code += "print('end', file=sys.stderr)\n"
+    outputs = tmp_path / "cells.json"
+    env = {**os.environ, "CELLPIPE_OUTPUT_LIMIT": "10000"}
+    result = run(make_spec(cell(1, code)), "--cell-outputs", outputs, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1000  # the log keeps every line
+    stdout, stderr = cell_outputs(outputs)["cells"][0]["outputs"]
+    assert stderr == {"output_type": "stream", "name": "stderr", "text": "end\n"}
+    text = stdout["text"]
+    assert len(text) < 10000 + 300  # bounded: the limit plus the note
+    lines = text.splitlines()
+    assert lines[0].startswith("line 0000 ") and lines[-1].startswith("line 0999 ")
+    (note,) = [line for line in lines if "cellpipe" in line]
+    kept = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    cut = 1000 - len(kept)
+    assert kept == sorted(kept) and cut > 0
+    assert f"{cut:,} lines" in note and "CELLPIPE_OUTPUT_LIMIT=10000" in note and "step log" in note
+    missing = sorted(set(range(1000)) - set(kept))
+    assert missing == list(range(missing[0], missing[-1] + 1))  # one contiguous cut, where the note is
+    assert lines.index(note) == missing[0]
