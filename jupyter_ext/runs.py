@@ -1,9 +1,9 @@
 """Runs executing in this process (the Jupyter server or a kernel), known only through their events.
 
-`LiveRun` runs ``engine.run`` on a worker thread, keeps every event in memory (log lines included,
-which the run store does not keep) so a client can replay the stream from any sequence number,
-and wakes listeners as events arrive. Both the REST API and the notebook widgets build on it, so
-they see exactly the same stream whatever the engine.
+`LiveRun` runs ``engine.run`` on a worker thread (`converter.engines.runner.EngineThread`), keeps
+every event in memory (log lines included, which the run store does not keep) so a client can
+replay the stream from any sequence number, and wakes listeners as events arrive. Both the REST
+API and the notebook widgets build on it, so they see exactly the same stream whatever the engine.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from converter.engines.base import Engine, RunRequest, RunResult
+from converter.engines.lifecycle import error_message
+from converter.engines.runner import EngineThread
+from converter.errors import CellpipeError
 from converter.events import Event, EventSink
 
 log = logging.getLogger(__name__)
@@ -37,17 +40,17 @@ class LiveRun:
         self._wakers: list[Waker] = []
         self._started: Future[str] = Future()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="cellpipe-run", daemon=True)
+        self._worker = EngineThread(engine, request, [self._record], on_done=self._ended, name="cellpipe-run")
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> Future[str]:
         """Start the run; the future gives the run id at the first event, or the engine's refusal."""
-        self._thread.start()
+        self._worker.start()
         return self._started
 
     def cancel(self) -> None:
-        self.engine.cancel()
+        self._worker.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once the run has ended (its `run_finished` event is stored)."""
@@ -64,26 +67,31 @@ class LiveRun:
             return last.state or "failed"
         return "running"
 
-    def _work(self) -> None:
-        try:
-            self.result = self.engine.run(self.request, [self._record])
-        except BaseException as error:  # reported through the stream and `error`; the thread just ends
-            self.error = error
+    def _ended(self, worker: EngineThread) -> None:
+        """On the engine's thread, once `engine.run` returned or raised."""
+        self.result, self.error = worker.result, worker.error
+        error = self.error
+        if error is not None:  # reported through the stream and `error`; the thread just ends
             if self._started.done():
-                log.exception("cellpipe: engine %s failed during run %s", self.engine.name, self.run_id)
+                log.error(
+                    "cellpipe: engine %s failed during run %s",
+                    self.engine.name,
+                    self.run_id,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
             else:
                 self._started.set_exception(error)
-        finally:
-            if self._started.done() and not self.finished:
-                self._finish_for_engine()
-            self._done.set()
+        elif not self._started.done():  # cancelled before the engine started it
+            self._started.set_exception(CellpipeError("the run was cancelled before it started"))
+        if self._started.done() and not self.finished:
+            self._finish_for_engine()
+        self._done.set()
 
     def _finish_for_engine(self) -> None:
         """An engine that raised without ending its stream: end it, so no client waits forever."""
         last = self.last_event()
         assert last is not None and self.run_id is not None
-        reason = f"{type(self.error).__name__}: {self.error}" if self.error else "the engine stopped"
-        message = f"engine error: {reason}"
+        message = error_message(self.error) if self.error else "engine error: the engine stopped"
         self._record(Event(self.run_id, last.seq + 1, "run_finished", state="failed", message=message))
 
     # ------------------------------------------------------------------ the stream

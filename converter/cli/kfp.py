@@ -45,15 +45,16 @@ def add_connection_options(parser: argparse.ArgumentParser, experiment: bool = F
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`KfpEngine` keyword arguments from the parsed flags (`--quiet` drops the note with the run's link)."""
+    """The engine options the connection flags set; unset ones are None (the registry leaves them out,
+    and refuses a set one the engine does not take). `--quiet` drops the KFP note with the run's link."""
     options: dict[str, Any] = {
         "host": args.host,
         "namespace": args.namespace,
         "auth": args.auth,
-        "experiment": args.experiment,
-        "create_experiment": not args.no_create_experiment,
+        "experiment": getattr(args, "experiment", None),
+        "create_experiment": False if getattr(args, "no_create_experiment", False) else None,
     }
-    if getattr(args, "quiet", False):
+    if getattr(args, "quiet", False) and getattr(args, "engine", None) == "kfp":
         options["notify"] = lambda message: None
     return options
 

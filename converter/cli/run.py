@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -28,11 +25,13 @@ from converter.cli import kfp as cli_kfp
 from converter.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Command, add_parameter_options
 from converter.cli.common import console as _console
 from converter.cli.kfp import engine_options
-from converter.engines.base import Engine, RunRequest, RunResult
+from converter.engines.base import RunRequest
+from converter.engines.registry import get_engine
+from converter.engines.runner import run_cancellable
 from converter.errors import CellpipeError
 from converter.events import Event
-from converter.model import Pipeline
 from converter.notebook.parameters import parameter_values
+from converter.store.workspace import step_folders
 
 if TYPE_CHECKING:
     from converter.store.runstore import RunRecord, RunStore
@@ -45,87 +44,6 @@ _STYLES = {
     "cancelled": "magenta",
 }
 _EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
-
-
-# ---------------------------------------------------------------- engines
-
-
-def make_engine(name: str, max_parallel: int | None, fit_resources: bool = False, **options: Any) -> Engine:
-    """The local and KFP engines are built in; others come through the `cellpipe.engines` entry points.
-
-    `options` are the KFP engine's (`converter.cli.kfp.engine_options`).
-    """
-    if name == "local":
-        from converter.engines.local.engine import LocalEngine
-
-        return LocalEngine(max_parallel=max_parallel, fit_resources=fit_resources)
-    if name == "kfp":
-        from converter.engines.kfp.engine import KfpEngine
-
-        if max_parallel is not None or fit_resources:
-            raise CellpipeError("--max-parallel and --fit-resources are local engine options")
-        return KfpEngine(**options)
-    from converter.engines.registry import get_engine
-
-    return get_engine(name)
-
-
-def run_cancellable(
-    engine: Engine,
-    request: RunRequest,
-    sinks: list[Callable[[Event], None]],
-    on_cancel: Callable[[], None] = lambda: None,
-) -> RunResult:
-    """Run in a worker thread so Ctrl-C (or SIGTERM from a CI runner) lands here, not inside the engine.
-
-    The first interrupt asks the engine to cancel and then waits for it to clean up: the run ends
-    "cancelled" with its state saved and no step process left behind.
-    """
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            outcome["result"] = engine.run(request, sinks)
-        except BaseException as error:  # re-raised in the caller's thread
-            outcome["error"] = error
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=work, name="cellpipe-engine", daemon=True)
-    with _sigterm_as_interrupt():
-        worker.start()
-        cancelled = False
-        while True:
-            try:  # Event.wait, not Thread.join: an interrupt inside join can leave the thread state wrong
-                if done.wait(0.2):
-                    break
-            except KeyboardInterrupt:
-                if not cancelled:
-                    cancelled = True
-                    on_cancel()
-                    engine.cancel()
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    result: RunResult = outcome["result"]
-    return result
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread (e.g. the server extension)
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------- cellpipe run
@@ -142,7 +60,12 @@ def _run(args: argparse.Namespace) -> int:
         raise CellpipeError("--max-parallel must be at least 1")
     if args.engine == "kfp" and args.output:
         raise CellpipeError("-o needs the steps' cell outputs, which stay on the cluster with --engine kfp")
-    engine = make_engine(args.engine, args.max_parallel, args.fit_resources, **engine_options(args))
+    engine = get_engine(
+        args.engine,
+        max_parallel=args.max_parallel,
+        fit_resources=args.fit_resources or None,
+        **engine_options(args),
+    )
     mode = choose_mode(args.quiet, args.json_events, sys.stdout)
     if not args.quiet:
         for warning in pipeline.warnings:
@@ -169,11 +92,11 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     finished = time.time()
 
-    folders = step_folders(result.run_id, pipeline) if args.junit or args.output else {}
+    steps = [s.name for s in pipeline.steps]
+    folders = step_folders(result.run_id, steps) if args.junit or args.output else {}
     if args.junit:
         from converter.reports import junit
 
-        steps = [s.name for s in pipeline.steps]
         junit.write(junit.report(pipeline.name, steps, events, _log_tail_reader(folders)), Path(args.junit))
     if args.output:
         from converter.reports import executed_notebook
@@ -188,28 +111,10 @@ def _run(args: argparse.Namespace) -> int:
             output_path=str(args.output),
             start_time=first,
             end_time=finished,
-            failures=failure_messages(events),
+            failures=executed_notebook.failure_messages(events),
         )
         executed_notebook.write(nb, Path(args.output))
     return _EXIT_FOR_STATE.get(result.state, EXIT_FAILED)
-
-
-def failure_messages(events: Sequence[Event]) -> dict[str, str]:
-    """Why each failed step failed, from its last `step_failed` event."""
-    return {e.step: e.message or "step failed" for e in events if e.type == "step_failed" and e.step}
-
-
-def step_folders(run_id: str, pipeline: Pipeline) -> dict[str, Path]:
-    """Each step's result folder; a cached step's is the folder of the run that computed it."""
-    from converter.store.workspace import Workspace
-
-    workspace = Workspace.default()
-    folders = {step.name: workspace.step_folder(run_id, step.name) for step in pipeline.steps}
-    with _store() as store:
-        for step in store.get_run(run_id).steps:
-            if step.folder:
-                folders[step.name] = Path(step.folder)
-    return folders
 
 
 def _log_tail_reader(folders: Mapping[str, Path]) -> Callable[[str], list[str]]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from converter.cli.common import EXIT_FAILED, EXIT_OK, Command, add_parameter_options
+from converter.engines.runner import interrupts_cancel
 from converter.errors import CellpipeError
 from converter.notebook.parameters import parameter_values
 
@@ -69,22 +68,21 @@ def _tune(args: argparse.Namespace) -> int:
 
     if live is not None:
         live.start()
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a CI runner's stop cancels trials like Ctrl-C
     try:
-        result = tune.tune(
-            pipeline,
-            notebook.resolve(),
-            args.objective,
-            args.goal,
-            args.trials,
-            args.parallel,
-            args.algorithm,
-            seed=args.seed,
-            fixed=fixed,
-            on_change=show,
-        )
+        with interrupts_cancel():  # a CI runner's stop (SIGTERM) cancels trials like Ctrl-C
+            result = tune.tune(
+                pipeline,
+                notebook.resolve(),
+                args.objective,
+                args.goal,
+                args.trials,
+                args.parallel,
+                args.algorithm,
+                seed=args.seed,
+                fixed=fixed,
+                on_change=show,
+            )
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if live is not None:
             live.stop()
     best = result.best
@@ -110,10 +108,6 @@ def _tune(args: argparse.Namespace) -> int:
         changed = tune.write_back(notebook, best.parameters)
         print(f"{notebook}: parameters cell now has the best {', '.join(sorted(changed))}")
     return EXIT_OK
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _katib(args: argparse.Namespace, pipeline: object, fixed: dict[str, object]) -> int:

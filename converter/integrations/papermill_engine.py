@@ -28,12 +28,14 @@ class CellpipeEngine(Engine):
     def execute_managed_notebook(
         cls, nb_man: NotebookExecutionManager, kernel_name: str | None, **kwargs: Any
     ) -> nbformat.NotebookNode:
-        from converter.cli.run import failure_messages, make_engine, run_cancellable, step_folders
+        from converter.engines.registry import get_engine
+        from converter.engines.runner import run_cancellable
         from converter.notebook.reader import check_node
         from converter.reports import (
             executed_notebook,  # not at import: papermill loads this module mid-import
         )
         from converter.reports.progress import Progress
+        from converter.store.workspace import step_folders
 
         nb = nb_man.nb
         parameters = dict(nb.metadata.get("papermill", {}).get("parameters") or {})
@@ -48,10 +50,11 @@ class CellpipeEngine(Engine):
         # papermill only warns about unknown parameters, and keeps going: so do we.
         typed = {name: value for name, value in parameters.items() if name in declared}
 
-        engine = make_engine("local", None)
+        engine = get_engine("local")
+        steps = [s.name for s in pipeline.steps]
         progress = Progress(
             "plain" if kwargs.get("log_output") else "quiet",
-            [s.name for s in pipeline.steps],
+            steps,
             stdout=sys.stderr,
             stderr=sys.stderr,
         )
@@ -68,13 +71,13 @@ class CellpipeEngine(Engine):
         done = executed_notebook.build(
             source,
             pipeline,
-            executed_notebook.read_step_outputs(step_folders(result.run_id, pipeline)),
+            executed_notebook.read_step_outputs(step_folders(result.run_id, steps)),
             parameters=parameters,  # the injected cell shows every value papermill was given
             input_path=input_path,
             output_path=str(nb_man.output_path or ""),
             start_time=start,
             end_time=events[-1].time if events else start,
-            failures=failure_messages(events),
+            failures=executed_notebook.failure_messages(events),
         )
         # papermill adds its own error markers after we return.
         nb.cells = [c for c in done.cells if not _tagged(c, _ERROR_MARKER_TAG)]

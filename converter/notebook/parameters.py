@@ -7,6 +7,7 @@ and refuses the same values with the same messages.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -154,3 +155,18 @@ def _finite(value: object) -> bool:
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
     return True
+
+
+def render_parameter(value: object) -> str:
+    """A parameter value as KFP puts it on a command line: str raw, bool true/false, list/dict JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)

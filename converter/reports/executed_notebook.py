@@ -12,7 +12,7 @@ import copy
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import papermill
 from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 from papermill.translators import translate_parameters
 
+from converter.events import Event
 from converter.model import Pipeline
 
 INJECTED_TAG = "injected-parameters"
@@ -219,3 +220,8 @@ def cell_metadata(status: str, seconds: float | None) -> dict[str, Any]:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def failure_messages(events: Sequence[Event]) -> dict[str, str]:
+    """Why each failed step failed, from its last `step_failed` event (`build`'s `failures`)."""
+    return {e.step: e.message or "step failed" for e in events if e.type == "step_failed" and e.step}

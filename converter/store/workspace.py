@@ -54,3 +54,19 @@ class Workspace:
 
     def step_folder(self, run_id: str, step: str) -> Path:
         return self.run_folder(run_id) / step
+
+
+def step_folders(run_id: str, steps: list[str], workspace: Workspace | None = None) -> dict[str, Path]:
+    """Each step's result folder; a cached step's is the folder of the run that computed it."""
+    from converter.store.runstore import RunStore  # the store's module imports no workspace
+
+    workspace = workspace or Workspace.default()
+    folders = {step: workspace.step_folder(run_id, step) for step in steps}
+    store = RunStore(workspace.database)
+    try:
+        for step in store.get_run(run_id).steps:
+            if step.folder and step.name in folders:
+                folders[step.name] = Path(step.folder)
+    finally:
+        store.close()
+    return folders

@@ -27,6 +27,7 @@ from typing import Any
 
 from converter.errors import CellpipeError
 from converter.model import Pipeline
+from converter.notebook.parameters import render_parameter
 from converter.notebook.search_space import SearchSpace
 
 NOTEBOOK_MOUNT = "/cellpipe"
@@ -34,18 +35,12 @@ CONTAINER = "trial"
 _ALGORITHMS = {"random": "random", "grid": "grid", "bayesian": "tpe"}
 
 
-def _render(value: object) -> str:
-    from converter.engines.local.engine import render_parameter
-
-    return render_parameter(value)
-
-
 def _parameter_spec(space: SearchSpace) -> dict[str, Any]:
     if space.kind == "choice":
         return {
             "name": space.name,
             "parameterType": "categorical",
-            "feasibleSpace": {"list": [_render(c) for c in space.choices]},
+            "feasibleSpace": {"list": [render_parameter(c) for c in space.choices]},
         }
     assert space.low is not None and space.high is not None
     if space.kind == "int":
@@ -110,7 +105,7 @@ def experiment(
     resources = trial_resources(pipeline)
     command = ["python", "-m", "converter.tuning.katib", f"{NOTEBOOK_MOUNT}/{notebook.name}"]
     for pname, value in sorted(fixed.items()):
-        command += ["-p", pname, _render(value)]
+        command += ["-p", pname, render_parameter(value)]
     for pname, space in sorted(spaces.items()):
         flag = "--log10" if space.kind != "choice" and space.kind != "int" and space.log else "-p"
         command += [flag, pname, "${trialParameters." + pname + "}"]
@@ -228,7 +223,8 @@ def submit(documents: Sequence[Mapping[str, Any]]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one trial: the pipeline with the trial's parameters, metrics printed as name=value."""
     from converter.engines.base import RunRequest
-    from converter.engines.local.engine import LocalEngine
+    from converter.engines.registry import get_engine
+    from converter.engines.runner import run_cancellable
     from converter.notebook.parameters import parameter_values
     from converter.notebook.reader import read_notebook
 
@@ -249,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A ConfigMap mount is read-only; steps run in the notebook's folder and may write files.
         workdir = Path(tempfile.mkdtemp(prefix="cellpipe-trial-"))
         notebook = Path(shutil.copy(notebook, workdir / notebook.name))
-    result = LocalEngine().run(RunRequest(pipeline=pipeline, notebook=notebook, parameters=values), [])
+    request = RunRequest(pipeline=pipeline, notebook=notebook, parameters=values)
+    result = run_cancellable(get_engine("local"), request, [])  # Katib stops a trial with SIGTERM
     for metric, value in sorted(result.metrics.items()):
         print(f"{metric}={value!r}", flush=True)
     return 0 if result.state == "succeeded" else 1

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,7 +28,6 @@ from converter.notebook.search_space import SearchSpace, search_spaces
 if TYPE_CHECKING:
     import optuna
 
-    from converter.engines.local.engine import LocalEngine
 
 Goal = Literal["max", "min"]
 Algorithm = Literal["random", "grid", "bayesian"]
@@ -197,19 +195,19 @@ def tune(
     result = TuneResult(objective, goal)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cpus // parallel)
-    stopping = threading.Event()
+    from converter.engines.base import RunRequest
+    from converter.engines.registry import get_engine
+    from converter.engines.runner import WAIT_SLICE_SECONDS, EngineThread
 
-    def run_trial(number: int, values: dict[str, Any], engine: LocalEngine) -> Trial:
-        from converter.engines.base import RunRequest
-
-        if stopping.is_set():  # cancelled before it started: LocalEngine.run would clear the cancel
+    def trial_of(number: int, values: dict[str, Any], worker: EngineThread, seconds: float) -> Trial:
+        try:
+            outcome = worker.outcome()
+        except CellpipeError:
+            raise
+        except Exception as exc:  # a broken run must not lose the trials already done
+            return Trial(number, values, "failed", message=str(exc))
+        if outcome is None:  # cancelled before it started
             return Trial(number, values, "failed", message="cancelled")
-        started = time.monotonic()
-        request = RunRequest(
-            pipeline=pipeline, notebook=notebook, parameters={**fixed, **values}, max_parallel=share
-        )
-        outcome = engine.run(request, [])
-        seconds = time.monotonic() - started
         if outcome.state != "succeeded":
             failed = sorted(s for s, state in outcome.step_states.items() if state == "failed")
             why = f"run {outcome.state}" + (f" (step {', '.join(failed)} failed)" if failed else "")
@@ -219,49 +217,45 @@ def tune(
             return Trial(number, values, "failed", None, outcome.run_id, seconds, f"{objective} = {value}")
         return Trial(number, values, "succeeded", float(value), outcome.run_id, seconds)
 
-    from converter.engines.local.engine import LocalEngine
-
-    pending: dict[Future[Trial], optuna.trial.Trial] = {}
-    engines: dict[int, LocalEngine] = {}
+    ended = threading.Event()  # some trial's run ended
+    running: dict[int, tuple[EngineThread, optuna.trial.Trial, dict[str, Any], float]] = {}
     asked = 0
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="cellpipe-trial") as pool:
-        try:
-            while asked < trials or pending:
-                while asked < trials and len(pending) < parallel:
-                    handle = study.ask(distributions)
-                    values = _typed(pipeline, handle.params)
-                    is_baseline = baseline_pending and asked == 0
-                    engine = engines[handle.number] = LocalEngine(workspace, max_parallel=share)
-                    result.trials.append(Trial(handle.number, values, "running", baseline=is_baseline))
-                    pending[pool.submit(run_trial, handle.number, values, engine)] = handle
-                    asked += 1
-                    on_change(result)
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    handle = pending.pop(future)
-                    engines.pop(handle.number, None)
-                    index = next(i for i, t in enumerate(result.trials) if t.number == handle.number)
-                    try:
-                        trial = future.result()
-                    except CellpipeError:
-                        raise
-                    except Exception as exc:  # a broken run must not lose the trials already done
-                        trial = Trial(
-                            handle.number, result.trials[index].parameters, "failed", message=str(exc)
-                        )
-                    trial = dataclasses.replace(trial, baseline=result.trials[index].baseline)
-                    result.trials[index] = trial
-                    if trial.state == "succeeded":
-                        study.tell(handle, trial.objective)
-                    else:
-                        study.tell(handle, state=optuna.trial.TrialState.FAIL)
-                    on_change(result)
-        except BaseException:
-            # Ctrl-C or an error: stop the running trials before the pool waits for them.
-            stopping.set()
-            for engine in engines.values():
-                engine.cancel()
-            raise
+    try:
+        while asked < trials or running:
+            while asked < trials and len(running) < parallel:
+                handle = study.ask(distributions)
+                values = _typed(pipeline, handle.params)
+                is_baseline = baseline_pending and asked == 0
+                engine = get_engine("local", workspace=workspace, max_parallel=share)
+                request = RunRequest(
+                    pipeline=pipeline, notebook=notebook, parameters={**fixed, **values}, max_parallel=share
+                )
+                worker = EngineThread(engine, request, on_done=lambda _: ended.set(), name="cellpipe-trial")
+                result.trials.append(Trial(handle.number, values, "running", baseline=is_baseline))
+                running[handle.number] = (worker.start(), handle, values, time.monotonic())
+                asked += 1
+                on_change(result)
+            while not ended.wait(WAIT_SLICE_SECONDS):  # in slices: Ctrl-C and SIGTERM land here
+                pass
+            ended.clear()
+            for number in [n for n, (worker, *_) in running.items() if worker.done]:
+                worker, handle, values, started = running.pop(number)
+                index = next(i for i, t in enumerate(result.trials) if t.number == number)
+                trial = trial_of(number, values, worker, time.monotonic() - started)
+                trial = dataclasses.replace(trial, baseline=result.trials[index].baseline)
+                result.trials[index] = trial
+                if trial.state == "succeeded":
+                    study.tell(handle, trial.objective)
+                else:
+                    study.tell(handle, state=optuna.trial.TrialState.FAIL)
+                on_change(result)
+    except BaseException:
+        # Ctrl-C or an error: stop the running trials and wait for their engines to clean up.
+        for worker, *_ in running.values():
+            worker.cancel()
+        for worker, *_ in running.values():
+            worker.wait()
+        raise
     return result
 
 

@@ -43,9 +43,10 @@ from typing import IO, Any
 
 import yaml
 
+from converter.engines import lifecycle
 from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.errors import CellpipeError
-from converter.events import EventLog, EventSink, EventType, RunState, step_states
+from converter.events import EventLog, EventSink, EventType, RunState
 from converter.kfp.cluster import Cluster, Published, is_transient
 from converter.kfp.connection import Connection, resolve
 from converter.model import Pipeline
@@ -207,7 +208,7 @@ class _Monitor:
         )
         self.log = EventLog(self.run_id, [self.store.record, *sinks])
         self.steps = {s.name: _Step(s.name) for s in self.pipeline.steps}
-        self.metrics: dict[str, float] = {}  # read back from the steps' pod logs
+        self.metrics_seen: dict[str, float] = {}  # read back from the steps' pod logs
         self.warnings: list[str] = []
         self.logs = self._pod_logs()
         self.terminate_asked: float | None = None  # monotonic
@@ -264,7 +265,7 @@ class _Monitor:
             with contextlib.suppress(ValueError):
                 values = json.loads(line[len(METRICS_LOG_PREFIX) :])
                 if isinstance(values, dict) and all(isinstance(v, int | float) for v in values.values()):
-                    self.metrics.update(values)
+                    self.metrics_seen.update(values)
                     self.emit("metrics", step=step.name, metrics=values)
                     return
         self.emit("step_log", step=step.name, stream="stdout", line=line)
@@ -272,50 +273,42 @@ class _Monitor:
     # ------------------------------------------------------------------ the run
 
     def execute(self) -> RunResult:
-        clock = time.monotonic()
-        self.emit(
-            "run_started",
-            data=run_started_data(
-                self.request,
-                self.engine.name,
-                self.values,
-                self.engine.workspace.run_folder(self.run_id),
-                host=self.cluster.host,
-                namespace=self.cluster.namespace,
-                remote_id=self.remote_id,
-                url=self.cluster.run_url(self.remote_id),
-                experiment=self.published.experiment,
-                experiment_id=self.published.experiment_id,
-                pipeline_id=self.published.pipeline_id,
-                pipeline_version_id=self.published.version_id,
-                pipeline_version=self.published.version_name,
-                warnings=list(self.warnings),
-            ),
-        )
-        error: BaseException | None = None
-        try:
-            self._loop()
-        except BaseException as exc:
-            error = exc
-        finally:
-            if self.logs is not None:
-                self.logs.close()
-            with self._log_lock:
-                self._closed = True
-                for step in self.steps.values():
-                    if step.log is not None:
-                        step.log.close()
-        state, message = self._outcome(error)
-        if error is None:
-            self._skip_unstarted(state)
-        self.emit("run_finished", state=state, message=message, duration=round(time.monotonic() - clock, 3))
-        self.store.close()
-        if error is not None and not isinstance(error, KeyboardInterrupt):
-            raise error
-        names = [s.name for s in self.pipeline.steps]
-        return RunResult(self.run_id, state, dict(step_states(self.log.events, names)), dict(self.metrics))
+        return lifecycle.execute(self)
 
-    def _loop(self) -> None:
+    def started_data(self) -> dict[str, Any]:
+        return run_started_data(
+            self.request,
+            self.engine.name,
+            self.values,
+            self.engine.workspace.run_folder(self.run_id),
+            host=self.cluster.host,
+            namespace=self.cluster.namespace,
+            remote_id=self.remote_id,
+            url=self.cluster.run_url(self.remote_id),
+            experiment=self.published.experiment,
+            experiment_id=self.published.experiment_id,
+            pipeline_id=self.published.pipeline_id,
+            pipeline_version_id=self.published.version_id,
+            pipeline_version=self.published.version_name,
+            warnings=list(self.warnings),
+        )
+
+    def stop(self) -> None:
+        """The monitoring failed: the remote run goes on (its link was given); nothing to stop here."""
+
+    def close(self) -> None:
+        if self.logs is not None:
+            self.logs.close()
+        with self._log_lock:
+            self._closed = True
+            for step in self.steps.values():
+                if step.log is not None:
+                    step.log.close()
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.metrics_seen)
+
+    def loop(self) -> None:
         delay = POLL_INITIAL_SECONDS
         last_contact = time.monotonic()
         while True:
@@ -387,21 +380,16 @@ class _Monitor:
         self.remote_state = "CANCELED"
         return True
 
-    def _outcome(self, error: BaseException | None) -> tuple[RunState, str | None]:
-        if isinstance(error, KeyboardInterrupt):
-            return "cancelled", "cancelled"
-        if error is not None:
-            return "failed", str(error) if isinstance(error, CellpipeError) else (
-                f"engine error: {type(error).__name__}: {error}"
-            )
+    def ended(self) -> tuple[RunState, str | None]:
         state = _RUN_OUTCOME.get(self.remote_state, "failed")
+        self._skip_unstarted(state)
         if state == "cancelled":
             return state, self.remote_error or "cancelled"
         failed = [name for name, step in self.steps.items() if step.state == "failed"]
         if state == "succeeded" and not failed:
             return state, None
         if failed:
-            return "failed", f"step{'s' * (len(failed) > 1)} {', '.join(map(repr, failed))} failed"
+            return "failed", lifecycle.steps_failed(failed)
         return "failed", self.remote_error or f"the run ended {self.remote_state} on the cluster"
 
     # ------------------------------------------------------------------ task states

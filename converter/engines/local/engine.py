@@ -41,12 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converter.engines import lifecycle
 from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.engines.local.processes import Exit, Launch, StepProcesses, fork_server_supported
 from converter.engines.local.resources import Machine, Need, Pool, gib, plan, tree_rss
 from converter.errors import CellpipeError
-from converter.events import EventLog, EventSink, EventType, RunState, step_states
+from converter.events import EventLog, EventSink, EventType, RunState
 from converter.model import Pipeline, Step
+from converter.notebook.parameters import render_parameter
 from converter.step import stepcode
 from converter.store.artifacts import ArtifactStore, CacheEntry, cache_key
 from converter.store.runstore import RunStore, StepOutcome
@@ -63,21 +65,6 @@ _RUNTIME_FAILURE = re.compile(r"^cellpipe: step '[^']*'(?: \(.*\))? failed: (.*)
 def _rendered(value: object) -> str | None:
     """None stays None: an optional parameter without a value gets no flag at all."""
     return None if value is None else render_parameter(value)
-
-
-def render_parameter(value: object) -> str:
-    """A parameter value as KFP puts it on a command line: str raw, bool true/false, list/dict JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
 
 
 def preload_statements(pipeline: Pipeline) -> list[str]:
@@ -281,51 +268,38 @@ class _Run:
     # ------------------------------------------------------------------ the run
 
     def execute(self) -> RunResult:
-        clock = time.monotonic()
-        self.emit(
-            "run_started",
-            data=run_started_data(
-                self.request,
-                self.engine.name,
-                self.values,
-                self.run_folder,
-                max_parallel=self.max_parallel,
-                resumed_from=self.resume_id,
-                warnings=self.warnings,
-            ),
-        )
-        error: BaseException | None = None
-        try:
-            self._loop()
-        except BaseException as exc:
-            error = exc
-            self._abandon()
-        finally:
-            if self.processes is not None:
-                self.processes.close()
-            for run in self.steps.values():
-                if run.staging is not None:
-                    self.artifacts.discard(run.staging)
-        state, message = self._outcome(error)
-        self.emit("run_finished", state=state, message=message, duration=round(time.monotonic() - clock, 3))
-        self.store.close()
-        if error is not None and not isinstance(error, KeyboardInterrupt):
-            raise error
-        names = [s.name for s in self.pipeline.steps]
-        metrics = {k: v for s in self.pipeline.steps for k, v in self.steps[s.name].metrics.items()}
-        return RunResult(self.run_id, state, dict(step_states(self.log.events, names)), metrics)
+        return lifecycle.execute(self)
 
-    def _outcome(self, error: BaseException | None) -> tuple[RunState, str | None]:
-        if self.cancelling or isinstance(error, KeyboardInterrupt):
+    def started_data(self) -> dict[str, Any]:
+        return run_started_data(
+            self.request,
+            self.engine.name,
+            self.values,
+            self.run_folder,
+            max_parallel=self.max_parallel,
+            resumed_from=self.resume_id,
+            warnings=self.warnings,
+        )
+
+    def close(self) -> None:
+        if self.processes is not None:
+            self.processes.close()
+        for run in self.steps.values():
+            if run.staging is not None:
+                self.artifacts.discard(run.staging)
+
+    def ended(self) -> tuple[RunState, str | None]:
+        if self.cancelling:
             return "cancelled", "cancelled"
-        if error is not None:
-            return "failed", f"engine error: {type(error).__name__}: {error}"
         failed = [name for name, run in self.steps.items() if run.state == "failed"]
         if failed:
-            return "failed", f"step{'s' * (len(failed) > 1)} {', '.join(map(repr, failed))} failed"
+            return "failed", lifecycle.steps_failed(failed)
         return "succeeded", None
 
-    def _loop(self) -> None:
+    def metrics(self) -> dict[str, float]:
+        return {k: v for s in self.pipeline.steps for k, v in self.steps[s.name].metrics.items()}
+
+    def loop(self) -> None:
         self._advance()
         while True:
             try:
@@ -363,7 +337,7 @@ class _Run:
                 while os.read(self.wake_r, 512):
                     pass
 
-    def _abandon(self) -> None:
+    def stop(self) -> None:
         """An engine error or Ctrl-C outside the loop's care: stop every step."""
         self.cancelling = True
         if self.processes is not None:
