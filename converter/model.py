@@ -98,6 +98,7 @@ class StepSettings:
     report: bool = True
     # Model serving (`serve:FRAMEWORK` on the step that produces the model), None: not served.
     serve: str | None = None
+    serve_variable: str | None = None  # `serve:FRAMEWORK:VARIABLE`: the value to serve, named
     serve_min_replicas: int | None = None
     serve_max_replicas: int | None = None
     canary_percent: int | None = None
@@ -141,6 +142,11 @@ class Step:
     settings: StepSettings
     uses_ipython: bool = False  # magics or shell escapes need an IPython shell
     modules: tuple[str, ...] = ()  # top-level modules its cells (and imports/functions cells) import
+    # A serve: step's model: the output holding it (one of `outputs`, read later or not), and when the
+    # reader cannot tell which value it is, the values the step runtime chooses from (the one that is
+    # a model of the framework) to fill that output.
+    model_output: str | None = None
+    model_candidates: tuple[str, ...] = ()
 
     @property
     def first_cell(self) -> int:

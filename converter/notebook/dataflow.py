@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from converter.model import Edge, Parameter, Step
-from converter.notebook import metrics, order, tags
+from converter.model import Edge, Parameter, Step, StepSettings
+from converter.notebook import metrics, order, served, tags
 from converter.notebook.analysis import BUILTIN_NAMES, CellAnalysis, analyze_sequence
 from converter.notebook.drafts import EMPTY, Cell, Report, StepDraft, code_cell
 from converter.step import requirements as packaging
@@ -136,6 +136,12 @@ def data_flow(
     for inputs in step_inputs.values():
         for name, producer in inputs.items():
             outputs[producer].add(name)
+    models: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for draft in drafts:
+        if settings_of[draft.name].serve:
+            model = served_model(report, draft, settings_of[draft.name], step_analysis, step_inputs)
+            models[draft.name] = model
+            outputs[draft.name].add(model[0])
     steps = []
     imports_cells = roles.get("imports", []) + roles.get("functions", [])
     for draft in ordered:
@@ -156,9 +162,30 @@ def data_flow(
                 settings=settings,
                 uses_ipython=uses_ipython,
                 modules=tuple(sorted(modules)),
+                model_output=models[draft.name][0] if draft.name in models else None,
+                model_candidates=models[draft.name][1] if draft.name in models else (),
             )
         )
     return tuple(steps), edges
+
+
+def served_model(
+    report: Report,
+    draft: StepDraft,
+    settings: StepSettings,
+    step_analysis: dict[str, CellAnalysis],
+    step_inputs: dict[str, dict[str, str]],
+) -> tuple[str, tuple[str, ...]]:
+    """The output holding a serve: step's model (see `converter.notebook.served`)."""
+    block = step_analysis[draft.name]
+    assigns = block.assigns - block.imports - set(block.functions)
+    mutated = block.mutates & set(step_inputs[draft.name])
+    try:
+        return served.served_model(draft.name, settings, assigns, mutated)
+    except served.NoModel as problem:
+        named = f":{settings.serve_variable}" if settings.serve_variable else ""
+        report.error(draft.first.index, f"serve:{settings.serve}{named}", str(problem))
+        return served.DEFAULT_NAME, ()
 
 
 def reading_cell(draft: StepDraft, name: str) -> Cell:

@@ -355,10 +355,13 @@ def _apply_setting(key: str, value: Any, tag: str, settings: Settings, sink: _Si
                 return bad("PVC:/mount/path, an existing PersistentVolumeClaim and an absolute path")
             settings.setdefault("volumes", []).append(volume)
     elif key == "serve":
-        framework = str(value).strip()
+        framework, _, variable = str(value).strip().partition(":")
         if framework not in SERVE_FRAMEWORKS:
-            return bad("one of " + ", ".join(SERVE_FRAMEWORKS))
+            return bad("one of " + ", ".join(SERVE_FRAMEWORKS) + ", optionally followed by :VARIABLE")
+        if variable and not variable.isidentifier():
+            return bad("FRAMEWORK:VARIABLE with a Python variable name")
         settings["serve"] = framework
+        settings["serve_variable"] = variable or None
     elif key in ("serve_min_replicas", "serve_max_replicas"):
         replicas = _positive_int(value, allow_zero=key == "serve_min_replicas")
         if replicas is None:
@@ -484,6 +487,7 @@ def to_step_settings(settings: Settings) -> StepSettings:
         volumes=tuple(settings.get("volumes", ())),
         report=settings.get("report", True),
         serve=settings.get("serve"),
+        serve_variable=settings.get("serve_variable"),
         serve_min_replicas=settings.get("serve_min_replicas"),
         serve_max_replicas=settings.get("serve_max_replicas"),
         canary_percent=settings.get("canary_percent"),

@@ -37,32 +37,26 @@ def served_step(pipeline: Pipeline, name: str | None = None) -> Step:
 
 
 def served_variable(step: Step) -> str:
-    """`model` when the step passes one on, else its only output."""
-    if "model" in step.outputs:
-        return "model"
-    if len(step.outputs) == 1:
-        return step.outputs[0]
-    raise CellpipeError(
-        f"step {step.name!r}: cannot tell which value is the model (outputs: "
-        f"{', '.join(step.outputs) or 'none'}); call it `model` and use it in a later step"
-    )
+    """The output holding the step's model (the reader decides it: `converter.notebook.served`)."""
+    if step.model_output is None:
+        raise CellpipeError(f"step {step.name!r} is not tagged serve:FRAMEWORK")
+    return step.model_output
 
 
 def problems(pipeline: Pipeline) -> list[Problem]:
-    """What stops the served model from being deployed, as validation errors on the serve: tag."""
+    """What stops the served model from being deployed, as validation errors on the serve: tag.
+
+    (A serve: step with nothing to serve is the reader's error, found with the step's data flow.)
+    """
     served = [s for s in pipeline.steps if s.settings.serve]
     found = []
-    for step in served:
-        where = f"serve:{step.settings.serve}"
-        if len(served) > 1:
-            names = ", ".join(s.name for s in served)
-            message = f"steps {names} are all tagged serve:; a pipeline deploys one model"
-            found.append(Problem(pipeline.notebook, step.first_cell, where, "error", message))
-            continue
-        try:
-            served_variable(step)
-        except CellpipeError as exc:
-            found.append(Problem(pipeline.notebook, step.first_cell, where, "error", str(exc)))
+    if len(served) > 1:
+        names = ", ".join(s.name for s in served)
+        message = f"steps {names} are all tagged serve:; a pipeline deploys one model"
+        for step in served:
+            found.append(
+                Problem(pipeline.notebook, step.first_cell, f"serve:{step.settings.serve}", "error", message)
+            )
     return found
 
 
@@ -149,17 +143,32 @@ def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> t
         raise CellpipeError(f"run {run_id} has no step {step_name!r} (steps: {names})")
     if step.state not in ("succeeded", "cached"):
         raise CellpipeError(f"step {step_name!r} of run {run_id} is {step.state}: no model to serve")
+    variable: str | None = None
     if "model" in step.outputs:
         variable = "model"
     elif len(step.outputs) == 1:
         variable = next(iter(step.outputs))
     else:
+        variable = _notebook_model_output(record.notebook, step_name, step.outputs)
+    if variable is None:
+        passed = ", ".join(sorted(step.outputs)) or "nothing"
         raise CellpipeError(
-            f"step {step_name!r} of run {run_id} passed on {', '.join(sorted(step.outputs)) or 'nothing'}: "
-            "name the model `model` (and use it in a later step) to serve it"
+            f"step {step_name!r} of run {run_id} passed on {passed}: "
+            "tag it serve:FRAMEWORK:VARIABLE to say which value is the model"
         )
     folder = ArtifactStore(space.artifacts).path(step.outputs[variable])
     return load_value(folder), run_id, variable
+
+
+def _notebook_model_output(notebook: str, step_name: str, outputs: Mapping[str, str]) -> str | None:
+    """The output the notebook's serve: tag names, when the run's notebook still reads and says so."""
+    from converter.notebook.reader import read_notebook
+
+    try:
+        step = read_notebook(Path(notebook)).step(step_name)
+    except (CellpipeError, OSError, KeyError):
+        return None
+    return step.model_output if step.model_output in outputs else None
 
 
 @contextmanager

@@ -63,6 +63,12 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
         ),
         "ipython": step.uses_ipython,
     }
+    if step.model_candidates:  # serve: which value is the model is known only when the step has run
+        result["serve"] = {
+            "framework": step.settings.serve,
+            "output": step.model_output,
+            "candidates": list(step.model_candidates),
+        }
     optional = sorted(optional_parameters(pipeline) & set(step.parameters))
     if optional:
         result["optional"] = optional  # may arrive without a value: then None

@@ -109,11 +109,128 @@ def test_custom_inference_service_runs_the_step_image() -> None:
     assert {"name": "STORAGE_URI", "value": "pvc://models/m"} in container["env"]
 
 
-def test_served_variable_is_model_or_the_only_output() -> None:
+def test_served_variable_needs_a_serve_tag(tmp_path: Path) -> None:
+    assert serving.served_variable(read_notebook(_tagged_sample(tmp_path)).step("train")) == "model"
     pipeline = read_notebook(SAMPLE)
-    assert serving.served_variable(pipeline.step("train")) == "model"
-    with pytest.raises(CellpipeError, match="cannot tell which value is the model"):
+    with pytest.raises(CellpipeError, match="'preprocess' is not tagged serve:FRAMEWORK"):
         serving.served_variable(pipeline.step("preprocess"))
+
+
+def _last_step_notebook(train: str, *tags: str) -> Any:
+    """A notebook whose last step trains a model no later step reads (the usual place for serve:)."""
+    nb = new_notebook()
+    cells = [
+        (
+            "from sklearn.linear_model import LogisticRegression\n"
+            "from sklearn.preprocessing import StandardScaler",
+            ["imports"],
+        ),
+        ("x = [[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], [2.0, 0.0]]\ny = [0, 1, 0, 1]", ["step:load"]),
+        (train, ["step:train", *tags]),
+    ]
+    for source, cell_tags in cells:
+        cell = new_code_cell(source)
+        cell.metadata["tags"] = cell_tags
+        nb.cells.append(cell)
+    return nb
+
+
+def _run_last_step(nb: Any, folder: Path) -> tuple[Any, str, Any]:
+    """Run the notebook locally: (the run result, the served output's name, its value from the store)."""
+    import nbformat
+
+    notebook = folder / "nb.ipynb"
+    nbformat.write(nb, notebook)
+    pipeline = read_notebook(notebook)
+    result = LocalEngine(folder / "home").run(RunRequest(pipeline, notebook), [])
+    if result.state != "succeeded":
+        return result, "", None
+    model, _, variable = serving.load_run_model(result.run_id, "train", folder / "home")
+    return result, variable, model
+
+
+def test_a_model_no_later_step_reads_is_served(tmp_path: Path) -> None:
+    nb = _last_step_notebook("clf = LogisticRegression().fit(x, y)", "serve:sklearn")
+    pipeline, problems = check_node(nb, "nb.ipynb")
+    assert pipeline is not None, problems
+    train = pipeline.step("train")
+    assert (train.outputs, train.model_output, train.model_candidates) == (("clf",), "clf", ())
+    result, variable, model = _run_last_step(nb, tmp_path)
+    assert result.state == "succeeded"
+    assert variable == "clf"
+    assert type(model).__name__ == "LogisticRegression" and model.predict([[0.0, 3.0]]).tolist() == [0]
+
+
+def test_the_runtime_picks_the_fitted_estimator_among_several_values(tmp_path: Path) -> None:
+    train = (
+        "template = LogisticRegression(C=0.5)\n"  # an estimator, not fitted
+        "scaler = StandardScaler().fit(x)\n"  # fitted, but no predict()
+        "xs = scaler.transform(x)\n"
+        "clf = LogisticRegression().fit(xs, y)\n"
+        "accuracy = clf.score(xs, y)"
+    )
+    nb = _last_step_notebook(train, "serve:sklearn")
+    pipeline, problems = check_node(nb, "nb.ipynb")
+    assert pipeline is not None, problems
+    step = pipeline.step("train")
+    assert step.model_output == "model"
+    assert step.model_candidates == ("accuracy", "clf", "scaler", "template", "xs")
+    result, variable, model = _run_last_step(nb, tmp_path)
+    assert result.state == "succeeded"
+    assert variable == "model"
+    assert type(model).__name__ == "LogisticRegression" and model.C == 1.0  # clf, not the template
+
+
+def test_two_fitted_models_ask_for_the_variable(tmp_path: Path) -> None:
+    train = "a = LogisticRegression().fit(x, y)\nb = LogisticRegression(C=2.0).fit(x, y)"
+    result, _, _ = _run_last_step(_last_step_notebook(train, "serve:sklearn"), tmp_path)
+    assert result.state == "failed"
+    log = (tmp_path / "home" / "runs" / result.run_id / "train" / "log.txt").read_text()
+    assert "serve:sklearn: a, b are all sklearn models; name one: serve:sklearn:a" in log
+    result, variable, model = _run_last_step(_last_step_notebook(train, "serve:sklearn:b"), tmp_path)
+    assert result.state == "succeeded"
+    assert (variable, model.C) == ("b", 2.0)
+
+
+def test_serve_framework_variable_names_the_model_and_feeds_the_deploy_step(tmp_path: Path) -> None:
+    import yaml
+
+    from converter.kfp.compile import compile_pipeline
+
+    nb = _last_step_notebook(
+        "scaler = StandardScaler().fit(x)\nclf = LogisticRegression().fit(x, y)", "serve:sklearn:clf"
+    )
+    pipeline, problems = check_node(nb, "nb.ipynb")
+    assert pipeline is not None, problems
+    assert pipeline.step("train").outputs == ("clf",)
+    spec = next(yaml.safe_load_all(compile_pipeline(pipeline).ir_yaml))
+    deploy = spec["root"]["dag"]["tasks"]["deploy-model"]
+    assert deploy["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "clf",
+        "producerTask": "train",
+    }
+
+
+@pytest.mark.parametrize(
+    ("train", "tag", "message"),
+    [
+        (
+            "clf = LogisticRegression().fit(x, y)",
+            "serve:sklearn:model",
+            "step 'train' never assigns 'model' (it assigns clf)",
+        ),
+        ("print(len(x))", "serve:sklearn", "step 'train' assigns no value to serve"),
+        (
+            "clf = LogisticRegression().fit(x, y)",
+            "serve:sklearn:2clf",
+            "'sklearn:2clf' is not a valid serve value",
+        ),
+    ],
+)
+def test_a_serve_step_without_a_model_is_an_error_on_its_tag(train: str, tag: str, message: str) -> None:
+    pipeline, problems = check_node(_last_step_notebook(train, tag), "nb.ipynb")
+    assert pipeline is None
+    assert any(f"cell 2 [{tag}]" in str(p) and message in str(p) for p in problems), problems
 
 
 # ---------------------------------------------------------------- cellpipe serve --local
@@ -365,18 +482,14 @@ def test_deploy_script_creates_or_replaces_the_inference_service(tmp_path: Path,
     assert body["metadata"].get("resourceVersion") == (existing or None)
 
 
-def test_a_serve_step_must_pass_its_model_on_and_only_one_serves() -> None:
+def test_only_one_step_serves() -> None:
     nb = _notebook()
-    nb.cells[2].metadata["tags"] = ["step:report", "serve:custom"]  # report passes nothing on
-    pipeline, problems = check_node(nb, "nb.ipynb")
-    assert pipeline is None
-    assert [str(p) for p in problems] == [
-        "nb.ipynb: cell 2 [serve:custom]: step 'report': cannot tell which value is the model "
-        "(outputs: none); call it `model` and use it in a later step"
-    ]
+    nb.cells[2].metadata["tags"] = ["step:report", "serve:custom"]
+    nb.cells[2].source = "summary = str(model)"
     nb.cells[1].metadata["tags"] = ["step:train", "serve:sklearn"]
     _, problems = check_node(nb, "nb.ipynb")
-    assert {str(p) for p in problems} >= {
-        "nb.ipynb: cell 1 [serve:sklearn]: steps train, report are all tagged serve:; "
+    assert {str(p) for p in problems} == {
+        f"nb.ipynb: cell {cell} [{tag}]: steps train, report are all tagged serve:; "
         "a pipeline deploys one model"
+        for cell, tag in ((1, "serve:sklearn"), (2, "serve:custom"))
     }
