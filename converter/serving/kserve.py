@@ -120,6 +120,9 @@ def inference_service(
 # ---------------------------------------------------------------- local serving
 
 
+_STEP_ENDS = ("step_succeeded", "step_cached")
+
+
 def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> tuple[object, str, str]:
     """(the model, its run id, its variable) as step `step_name` of local run `run` produced it."""
     from converter.step.runtime import load_value
@@ -135,6 +138,7 @@ def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> t
         except KeyError:
             raise CellpipeError(f"no run {run!r} in {space.database}") from None
         record = store.get_run(run_id)
+        ends = [e for e in store.events(run_id) if e.step == step_name and e.type in _STEP_ENDS]
     finally:
         store.close()
     step = next((s for s in record.steps if s.name == step_name), None)
@@ -143,13 +147,11 @@ def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> t
         raise CellpipeError(f"run {run_id} has no step {step_name!r} (steps: {names})")
     if step.state not in ("succeeded", "cached"):
         raise CellpipeError(f"step {step_name!r} of run {run_id} is {step.state}: no model to serve")
-    variable: str | None = None
-    if "model" in step.outputs:
+    variable = (ends[-1].data or {}).get("model") if ends else None  # a serve: step says which
+    if variable is None and "model" in step.outputs:
         variable = "model"
-    elif len(step.outputs) == 1:
+    elif variable is None and len(step.outputs) == 1:
         variable = next(iter(step.outputs))
-    else:
-        variable = _notebook_model_output(record.notebook, step_name, step.outputs)
     if variable is None:
         passed = ", ".join(sorted(step.outputs)) or "nothing"
         raise CellpipeError(
@@ -158,17 +160,6 @@ def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> t
         )
     folder = ArtifactStore(space.artifacts).path(step.outputs[variable])
     return load_value(folder), run_id, variable
-
-
-def _notebook_model_output(notebook: str, step_name: str, outputs: Mapping[str, str]) -> str | None:
-    """The output the notebook's serve: tag names, when the run's notebook still reads and says so."""
-    from converter.notebook.reader import read_notebook
-
-    try:
-        step = read_notebook(Path(notebook)).step(step_name)
-    except (CellpipeError, OSError, KeyError):
-        return None
-    return step.model_output if step.model_output in outputs else None
 
 
 @contextmanager

@@ -187,9 +187,11 @@ def test_two_fitted_models_ask_for_the_variable(tmp_path: Path) -> None:
     assert result.state == "failed"
     log = (tmp_path / "home" / "runs" / result.run_id / "train" / "log.txt").read_text()
     assert "serve:sklearn: a, b are all sklearn models; name one: serve:sklearn:a" in log
-    result, variable, model = _run_last_step(_last_step_notebook(train, "serve:sklearn:b"), tmp_path)
+    nb = _last_step_notebook(train, "serve:sklearn:b")
+    nb.cells.append(new_code_cell("print(a.C)", metadata={"tags": ["step:report"]}))  # a is passed on too
+    result, variable, model = _run_last_step(nb, tmp_path)
     assert result.state == "succeeded"
-    assert (variable, model.C) == ("b", 2.0)
+    assert (variable, model.C) == ("b", 2.0)  # the run says which of its outputs a and b is the model
 
 
 def test_serve_framework_variable_names_the_model_and_feeds_the_deploy_step(tmp_path: Path) -> None:

@@ -104,6 +104,11 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _model(step: Step) -> dict[str, str]:
+    """A serve: step's end event names the output holding its model (`cellpipe serve` reads it)."""
+    return {"model": step.model_output} if step.model_output else {}
+
+
 @dataclass
 class _StepRun:
     step: Step
@@ -438,7 +443,8 @@ class _Run:
         data: dict[str, Any],
     ) -> None:
         run.state, run.outputs, run.metrics = "cached", outputs, dict(metrics)
-        self.emit("step_cached", step=run.step.name, message=message, data={**data, "outputs": outputs})
+        data = {**data, "outputs": outputs, **_model(run.step)}
+        self.emit("step_cached", step=run.step.name, message=message, data=data)
         if metrics:
             self.emit("metrics", step=run.step.name, metrics=dict(metrics))
 
@@ -642,7 +648,7 @@ class _Run:
             step=step.name,
             attempt=run.attempt,
             duration=duration,
-            data={**where, "outputs": outputs, "cache_key": run.key},
+            data={**where, "outputs": outputs, "cache_key": run.key, **_model(step)},
         )
         if metrics:
             self.emit("metrics", step=step.name, metrics=metrics)
