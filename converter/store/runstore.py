@@ -20,12 +20,14 @@ engine start does the same for every run, `mark_orphans`, and discards their sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -211,6 +213,23 @@ def _alive(pid: int, started: float | None) -> bool:
         return True
 
 
+def _not_a_folder(folder: Path) -> str:
+    return (
+        f"the cellpipe workspace {folder} is a file, not a folder: set CELLPIPE_HOME to a folder"
+        " (or move that file away)"
+    )
+
+
+def _unusable(path: Path, error: BaseException) -> str:
+    """One line for a store SQLite cannot open or write: what, where, and what to do."""
+    text = str(error) or type(error).__name__
+    if "disk I/O error" in text or "full" in text or getattr(error, "errno", None) == 28:
+        fix = "free some disk space there, or set CELLPIPE_HOME to a folder on another disk"
+    else:
+        fix = "check its permissions, or set CELLPIPE_HOME to a folder you can write"
+    return f"cannot use the run store {path}: {text}; {fix}"
+
+
 _OWNER_COLUMNS = "id, state, pid, pid_started, host, remote_id"
 
 
@@ -236,9 +255,34 @@ class RunStore:
     """
 
     def __init__(self, path: Path):
+        """Open (or create) the store; a broken workspace is a `CellpipeError` naming the path and
+        the fix, and a file that is not a SQLite database is moved aside (kept) for a fresh one."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise CellpipeError(_not_a_folder(self.path.parent)) from None
+        except OSError as error:
+            raise CellpipeError(_unusable(self.path.parent, error)) from None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            if getattr(error, "sqlite_errorname", "") not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise CellpipeError(_unusable(self.path, error)) from None
+            self._db.close()
+            aside = self._move_aside()
+            print(
+                f"cellpipe: {self.path} is not a usable run store ({error}): moved it to {aside}"
+                " and started an empty one (run history before now is in that file)",
+                file=sys.stderr,
+            )
+            try:
+                self._open()
+            except sqlite3.DatabaseError as again:
+                raise CellpipeError(_unusable(self.path, again)) from None
+
+    def _open(self) -> None:
         self._db = sqlite3.connect(
             self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
@@ -252,6 +296,15 @@ class RunStore:
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def _move_aside(self) -> Path:
+        """Rename the broken file (and its WAL files) to runs.db.corrupt-<time>; another process
+        may have done it already, which is as good."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        return aside
 
     def _switch_to_wal(self) -> None:
         """SQLite answers "database is locked" at once, without its busy handler, when another

@@ -21,7 +21,7 @@ from converter.events import EventLog
 from converter.store.runstore import ORPHAN_MESSAGE, RunStore
 from converter.store.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
