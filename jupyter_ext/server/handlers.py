@@ -50,6 +50,8 @@ STORE_POLL_SECONDS = 0.5  # following a run another process is running
 DEFAULT_RUN_LIST = 50
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 MAX_RUN_LIST = 1000
+MAX_BODY_BYTES = 1 << 20  # requests are a path and a few parameters: a megabyte is plenty
+MAX_BODY_DEPTH = 32  # lists and objects in parameter values, nested
 RUN_ID = r"(?P<run_id>[A-Za-z0-9][A-Za-z0-9._-]*)"  # in URL patterns
 
 T = TypeVar("T")
@@ -149,12 +151,37 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def _too_deep(value: object, limit: int) -> bool:
+    """Is `value` nested more than `limit` lists/objects deep? (Iterative: no recursion to exhaust.)"""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_body(body: bytes, required: Mapping[str, type], optional: Mapping[str, type]) -> dict[str, Any]:
-    """The request's JSON object with its fields checked, or a 400 naming the first thing wrong."""
+    """The request's JSON object with its fields checked, or a 4xx naming the first thing wrong.
+
+    Bodies are capped in size and nesting depth: a huge or deeply nested body is refused before
+    anything (json, parameter checks, the run store) walks it."""
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
     try:
         data = json.loads(body or b"")
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"the request body is not valid JSON ({error})") from None
+    except RecursionError:
+        data = None
+        deep = True
+    else:
+        deep = _too_deep(data, MAX_BODY_DEPTH)
+    if deep:
+        raise ApiError(400, f"the request body is nested too deeply (at most {MAX_BODY_DEPTH} levels)")
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
     unknown = sorted(set(data) - set(required) - set(optional))
