@@ -80,9 +80,8 @@ def _schedule(args: argparse.Namespace) -> int:
         raise CellpipeError("cellpipe schedule NB --cron EXPR (or --list, or --delete ID)")
     if args.max_concurrency < 1:
         raise CellpipeError("--max-concurrency must be at least 1")
-    from converter.engines.kfp.engine import DEFAULT_EXPERIMENT, without_cache
-    from converter.kfp.cluster import kfp_cron
-    from converter.kfp.compile import compile_pipeline
+    from converter.kfp.cluster import DEFAULT_EXPERIMENT, kfp_cron
+    from converter.kfp.compile import compile_pipeline, without_cache
     from converter.notebook.parameters import parameter_values
     from converter.notebook.reader import read_notebook
 

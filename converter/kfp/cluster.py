@@ -29,6 +29,8 @@ from converter.errors import CellpipeError
 from converter.kfp.connection import Connection, Healthz, probe
 
 T = TypeVar("T")
+
+DEFAULT_EXPERIMENT = "Default"  # the experiment every KFP deployment has
 Undo = Sequence[tuple[str, tuple[str, ...]]]  # ("version" | "pipeline" | "experiment", ids) to delete
 TRANSIENT_STATUSES = frozenset({0, 429, 500, 502, 503, 504})  # 0: kfp_server_api's own network errors
 _RETRY_DELAYS = (0.5, 1.0, 2.0)

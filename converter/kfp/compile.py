@@ -218,3 +218,11 @@ def stale_files(directory: Path, files: dict[str, str]) -> list[str]:
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             stale.append(name)
     return stale
+
+
+def without_cache(ir_yaml: str) -> str:
+    """The IR with caching turned off for every task (``--no-cache``: a run cannot override a version's)."""
+    documents = list(yaml.safe_load_all(ir_yaml))
+    for task in documents[0].get("root", {}).get("dag", {}).get("tasks", {}).values():
+        task["cachingOptions"] = {"enableCache": False}
+    return yaml.safe_dump_all(documents, sort_keys=True)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ast
 import inspect
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from converter import __version__
 from converter.model import Pipeline, Step
+from converter.notebook.served import served_step, served_variable
 from converter.step import stepcode
 
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -200,13 +202,11 @@ def _pipeline_function(pipeline: Pipeline, names: dict[str, str], ns: _Namespace
     for step in pipeline.steps:
         lines += list(_task_lines(pipeline, step, names[step.name], variables, ns.kubernetes))
     if ns.deploy:
-        from converter.serving import kserve as serving
-
-        step = serving.served_step(pipeline)
+        step = served_step(pipeline)
         _, outputs = stepcode.artifact_names(step)
         leaves = [variables[s.name] for s in pipeline.steps if not pipeline.downstream(s.name)]
-        artifact = outputs[serving.served_variable(step)]
-        lines += serving.deploy_task_lines(variables[step.name], artifact, ns.deploy, leaves)
+        artifact = outputs[served_variable(step)]
+        lines += _deploy_task_lines(variables[step.name], artifact, ns.deploy, leaves)
     if not pipeline.steps:
         lines.append("    pass")
     return "\n".join(lines) + "\n"
@@ -282,12 +282,47 @@ def _task_lines(
 
 
 def _deploy_component(pipeline: Pipeline, ns: _Namespace) -> list[str]:
-    """The KServe deploy component, when a step is tagged serve:FRAMEWORK (see `converter.serving.kserve`)."""
+    """The KServe deploy component, when a step is tagged serve:FRAMEWORK.
+
+    Its pod runs `converter.serving.kserve.DEPLOY_SCRIPT` with the served step's InferenceService
+    (`inference_service`); the reader has already refused pipelines with more than one served step
+    or no model to serve (`converter.notebook.served.problems`).
+    """
     if not ns.deploy:
         return []
-    from converter.serving import kserve as serving
+    from converter.serving.kserve import DEPLOY_PLACEHOLDER_URI, DEPLOY_SCRIPT, inference_service
 
-    return [serving.deploy_component(pipeline, serving.served_step(pipeline), ns.deploy, ns.dsl)]
+    step, names = served_step(pipeline), ns.deploy
+    manifest = inference_service(pipeline, step, DEPLOY_PLACEHOLDER_URI)
+    return [
+        f"""
+
+{names["manifest"]} = {json.dumps(manifest, sort_keys=True)!r}
+{names["code"]} = {literal(DEPLOY_SCRIPT)}
+
+
+@dsl.container_component
+def {names["function"]}(model: Input[Artifact]):
+    \"\"\"Create or update the KServe InferenceService serving step {step.name!r}'s model.\"\"\"
+    return {ns.dsl}.ContainerSpec(
+        image={pipeline.image!r},
+        command=["python3", "-c", {names["code"]}],
+        args=[{names["manifest"]}, model.uri],
+    )
+"""
+    ]
+
+
+def _deploy_task_lines(
+    step_variable: str, artifact: str, names: Mapping[str, str], leaves: Sequence[str]
+) -> list[str]:
+    """The pipeline-function lines calling the deploy component once every other task succeeded."""
+    task = names["task"]
+    lines = ["", "    # deploy the model to KServe once every step has succeeded"]
+    lines.append(f'    {task} = {names["function"]}(model={step_variable}.outputs["{artifact}"])')
+    lines += [f"    {task}.after({var})" for var in leaves if var != step_variable]
+    lines.append(f"    {task}.set_caching_options(False)")
+    return lines
 
 
 def _footer(pipeline: Pipeline) -> str:

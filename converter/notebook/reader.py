@@ -18,11 +18,10 @@ from typing import Any
 
 from converter.errors import CellpipeError, InvalidNotebook
 from converter.model import Pipeline, Problem
-from converter.notebook import dataflow, grouping, order, parameter_cells, search_space
+from converter.notebook import dataflow, grouping, order, parameter_cells, search_space, served
 from converter.notebook.cells import parse_cells
 from converter.notebook.drafts import Report, code_cell
 from converter.notebook.settings import notebook_settings
-from converter.serving import kserve as serving
 
 
 def read_notebook(path: str | Path) -> Pipeline:
@@ -115,7 +114,7 @@ def _build(report: Report, nb: Mapping[str, Any]) -> Pipeline | None:
         cache_default=meta["cache"],
     )
     order.check_file_passing(report, pipeline, drafts)
-    report.problems.extend(serving.problems(pipeline))
+    report.problems.extend(served.problems(pipeline))
     return _with_warnings(pipeline, [p for p in report.problems if p.severity == "warning"])
 
 

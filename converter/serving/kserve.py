@@ -10,54 +10,16 @@ with KServe's own Python model server (the ``kserve`` package), which speaks the
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from converter.errors import CellpipeError
-from converter.model import Pipeline, Problem, Step
+from converter.model import Pipeline, Step
 
 # KServe's predictor model formats for our frameworks (custom: the user's own predictor image).
 MODEL_FORMATS = {"sklearn": "sklearn", "xgboost": "xgboost", "pytorch": "pytorch"}
-
-
-def served_step(pipeline: Pipeline, name: str | None = None) -> Step:
-    """The step tagged serve:..., or the named step (which must be tagged)."""
-    tagged = [s for s in pipeline.steps if s.settings.serve]
-    if name is not None:
-        try:
-            step = pipeline.step(name)
-        except KeyError:
-            raise CellpipeError(f"no step {name!r} in {pipeline.notebook}") from None
-        return step
-    if not tagged:
-        raise CellpipeError(f"{pipeline.notebook}: no step is tagged serve:FRAMEWORK")
-    return tagged[-1]
-
-
-def served_variable(step: Step) -> str:
-    """The output holding the step's model (the reader decides it: `converter.notebook.served`)."""
-    if step.model_output is None:
-        raise CellpipeError(f"step {step.name!r} is not tagged serve:FRAMEWORK")
-    return step.model_output
-
-
-def problems(pipeline: Pipeline) -> list[Problem]:
-    """What stops the served model from being deployed, as validation errors on the serve: tag.
-
-    (A serve: step with nothing to serve is the reader's error, found with the step's data flow.)
-    """
-    served = [s for s in pipeline.steps if s.settings.serve]
-    found = []
-    if len(served) > 1:
-        names = ", ".join(s.name for s in served)
-        message = f"steps {names} are all tagged serve:; a pipeline deploys one model"
-        for step in served:
-            found.append(
-                Problem(pipeline.notebook, step.first_cell, f"serve:{step.settings.serve}", "error", message)
-            )
-    return found
 
 
 def inference_service(
@@ -288,43 +250,3 @@ else:
     print("updated InferenceService", meta["namespace"] + "/" + meta["name"], "serving", uri)
 """
 DEPLOY_PLACEHOLDER_URI = "placeholder://the-model-artifact"
-
-
-def deploy_component(pipeline: Pipeline, step: Step, names: Mapping[str, str], dsl: str) -> str:
-    """The DSL text of the deploy component for the served step (kfp_dsl appends it to the module).
-
-    `names`: the module names kfp_dsl reserved for it (function, manifest, code). The reader has
-    already refused pipelines with more than one served step or no model to serve (`problems`).
-    """
-    import json
-
-    from converter.kfp.dsl import literal
-
-    manifest = inference_service(pipeline, step, DEPLOY_PLACEHOLDER_URI)
-    return f"""
-
-{names["manifest"]} = {json.dumps(manifest, sort_keys=True)!r}
-{names["code"]} = {literal(DEPLOY_SCRIPT)}
-
-
-@dsl.container_component
-def {names["function"]}(model: Input[Artifact]):
-    \"\"\"Create or update the KServe InferenceService serving step {step.name!r}'s model.\"\"\"
-    return {dsl}.ContainerSpec(
-        image={pipeline.image!r},
-        command=["python3", "-c", {names["code"]}],
-        args=[{names["manifest"]}, model.uri],
-    )
-"""
-
-
-def deploy_task_lines(
-    step_variable: str, artifact: str, names: Mapping[str, str], leaves: Sequence[str]
-) -> list[str]:
-    """The pipeline-function lines calling the deploy component once every other task succeeded."""
-    task = names["task"]
-    lines = ["", "    # deploy the model to KServe once every step has succeeded"]
-    lines.append(f'    {task} = {names["function"]}(model={step_variable}.outputs["{artifact}"])')
-    lines += [f"    {task}.after({var})" for var in leaves if var != step_variable]
-    lines.append(f"    {task}.set_caching_options(False)")
-    return lines

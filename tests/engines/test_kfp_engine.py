@@ -27,13 +27,13 @@ import converter.engines.kfp.engine as kfp_engine
 import converter.kfp.connection as kfp_connection
 from converter.cli.main import main
 from converter.engines.base import RunRequest
-from converter.engines.kfp.engine import KfpEngine, without_cache
+from converter.engines.kfp.engine import KfpEngine
 from converter.engines.kfp.logs import task_of
 from converter.engines.local.engine import LocalEngine
 from converter.errors import CellpipeError
 from converter.events import Event
 from converter.kfp.cluster import kfp_cron
-from converter.kfp.compile import compile_pipeline
+from converter.kfp.compile import compile_pipeline, without_cache
 from converter.kfp.connection import Connection, resolve
 from converter.notebook.reader import read_notebook
 from converter.step.runtime import METRICS_LOG_PREFIX

@@ -25,6 +25,7 @@ from converter.engines.base import RunRequest
 from converter.engines.local.engine import LocalEngine
 from converter.errors import CellpipeError
 from converter.notebook.reader import check_node, read_notebook
+from converter.notebook.served import served_step, served_variable
 from converter.serving import kserve as serving
 from tests.openapi_models import validate
 
@@ -84,7 +85,7 @@ def test_inference_service_matches_the_kserve_sdk_models() -> None:
     )
     pipeline, _ = check_node(nb, "nb.ipynb")
     assert pipeline is not None
-    step = serving.served_step(pipeline)
+    step = served_step(pipeline)
     manifest = serving.inference_service(pipeline, step, "s3://bucket/model", namespace="team")
     assert validate(manifest, "V1beta1InferenceService", [kserve_models, k8s_models]) == []
     predictor = manifest["spec"]["predictor"]
@@ -110,10 +111,10 @@ def test_custom_inference_service_runs_the_step_image() -> None:
 
 
 def test_served_variable_needs_a_serve_tag(tmp_path: Path) -> None:
-    assert serving.served_variable(read_notebook(_tagged_sample(tmp_path)).step("train")) == "model"
+    assert served_variable(read_notebook(_tagged_sample(tmp_path)).step("train")) == "model"
     pipeline = read_notebook(SAMPLE)
     with pytest.raises(CellpipeError, match="'preprocess' is not tagged serve:FRAMEWORK"):
-        serving.served_variable(pipeline.step("preprocess"))
+        served_variable(pipeline.step("preprocess"))
 
 
 def _last_step_notebook(train: str, *tags: str) -> Any:

@@ -41,13 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
-
 from converter.engines import lifecycle
 from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.errors import CellpipeError
 from converter.events import EventLog, EventSink, EventType, RunState
-from converter.kfp.cluster import Cluster, Published, is_transient
+from converter.kfp.cluster import DEFAULT_EXPERIMENT, Cluster, Published, is_transient
 from converter.kfp.connection import Connection, resolve
 from converter.model import Pipeline
 from converter.step import stepcode
@@ -60,7 +58,6 @@ POLL_MAX_SECONDS = 10.0
 LOST_CONTACT_SECONDS = 300.0  # transient errors for this long in a row end the monitoring (not the run)
 CANCEL_CONFIRM_SECONDS = 120.0  # after asking the cluster to cancel, wait this long for CANCELED
 LOG_DRAIN_SECONDS = 5.0
-DEFAULT_EXPERIMENT = "Default"  # the experiment every KFP deployment has
 TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"})
 _RUN_OUTCOME: dict[str, RunState] = {
     "SUCCEEDED": "succeeded",
@@ -75,14 +72,6 @@ def _warn(message: str) -> None:
 
 def _note(message: str) -> None:
     print(f"cellpipe: {message}", file=sys.stderr, flush=True)
-
-
-def without_cache(ir_yaml: str) -> str:
-    """The IR with caching turned off for every task (``--no-cache``: a run cannot override a version's)."""
-    documents = list(yaml.safe_load_all(ir_yaml))
-    for task in documents[0].get("root", {}).get("dag", {}).get("tasks", {}).values():
-        task["cachingOptions"] = {"enableCache": False}
-    return yaml.safe_dump_all(documents, sort_keys=True)
 
 
 def task_names(pipeline: Pipeline) -> dict[str, str]:
@@ -133,7 +122,7 @@ class KfpEngine:
         self._wake.set()
 
     def run(self, request: RunRequest, sinks: list[EventSink]) -> RunResult:
-        from converter.kfp.compile import compile_pipeline
+        from converter.kfp.compile import compile_pipeline, without_cache
 
         self._cancelled.clear()
         if request.resume:
