@@ -35,8 +35,11 @@ def _validate(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from converter.kfp.compile import compile_pipeline, stale_files, write_atomically
     from converter.notebook.reader import read_notebook
+    from converter.outputs import check_folder_target
 
     pipeline = read_notebook(args.notebook)
+    if not args.check:
+        check_folder_target(Path(args.output), "-o")
     if not args.quiet:
         print_problems(pipeline.warnings)
     compiled = compile_pipeline(pipeline)

@@ -31,6 +31,7 @@ from converter.engines.runner import run_cancellable
 from converter.errors import CellpipeError
 from converter.events import Event
 from converter.notebook.parameters import parameter_values
+from converter.outputs import check_file_target
 from converter.store.workspace import step_folders
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ def _run(args: argparse.Namespace) -> int:
         raise CellpipeError("--max-parallel must be at least 1")
     if args.engine == "kfp" and args.output:
         raise CellpipeError("-o needs the steps' cell outputs, which stay on the cluster with --engine kfp")
+    if args.output:
+        check_file_target(Path(args.output), "-o")
+    if args.junit:
+        check_file_target(Path(args.junit), "--junit")
     engine = get_engine(
         args.engine,
         max_parallel=args.max_parallel,

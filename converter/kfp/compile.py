@@ -25,6 +25,7 @@ from converter.errors import CellpipeError
 from converter.kfp import dsl as kfp_dsl
 from converter.kfp.yaml_emitter import FastDumper
 from converter.model import Pipeline
+from converter.outputs import file_mode
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def write_atomically(directory: Path, files: Mapping[str, str | bytes]) -> list[
     target that cannot be written (a folder in the way, no permission) is a user error.
     """
     staged: list[tuple[Path, Path]] = []
+    mode = file_mode()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for name, text in sorted(files.items()):
@@ -170,7 +172,7 @@ def write_atomically(directory: Path, files: Mapping[str, str | bytes]) -> list[
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
             staged.append((Path(tmp_name), final))
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         _replace_all(staged)

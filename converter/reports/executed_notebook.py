@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from papermill.translators import translate_parameters
 
 from converter.events import Event
 from converter.model import Pipeline
+from converter.outputs import write_file
 
 INJECTED_TAG = "injected-parameters"
 CELL_OUTPUTS_FILE = "cell_outputs.json"
@@ -114,15 +113,8 @@ def build(
 def write(nb: nbformat.NotebookNode, path: Path) -> None:
     """Validate, then replace `path` atomically so a reader never sees half a notebook."""
     nbformat.validate(nb)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            nbformat.write(nb, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = nbformat.writes(nb)
+    write_file(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
 
 
 def _cells_that_ran(

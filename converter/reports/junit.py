@@ -6,15 +6,14 @@ without anyone opening the run store. Built from the event stream, so any engine
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from converter.events import Event, step_states
+from converter.outputs import write_file
 
 LOG_TAIL_LINES = 50
 # Characters XML 1.0 cannot hold (terminal colour codes are common in logs) and the escapes themselves.
@@ -89,15 +88,7 @@ def write(root: ET.Element, path: Path) -> None:
     """Replace `path` atomically: a CI step reading it never sees a half-written report."""
     ET.indent(root)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data + b"\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(path, data + b"\n")
 
 
 def _xml_text(text: str) -> str:
