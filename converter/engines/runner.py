@@ -10,6 +10,7 @@ is the blocking form for a main thread (`cellpipe run`, papermill): Ctrl-C, and 
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,8 @@ from types import FrameType
 
 from converter.engines.base import Engine, RunRequest, RunResult
 from converter.events import Event, EventSink
+
+log = logging.getLogger(__name__)
 
 WAIT_SLICE_SECONDS = 0.2  # how often a waiting main thread looks up for a signal
 
@@ -76,8 +79,12 @@ class EngineThread:
             self._seen_event = True
             if self._cancel_asked:
                 self.engine.cancel()  # asked while the engine was setting up the run
-        for sink in self._sinks:
-            sink(event)
+        for sink in list(self._sinks):
+            try:
+                sink(event)
+            except Exception as error:  # a broken display must never fail a step or the run
+                self._sinks.remove(sink)
+                log.warning("cellpipe: an event consumer failed and gets no more events: %r", error)
 
     def _work(self) -> None:
         try:

@@ -7,7 +7,9 @@ cursor tricks turn into garbage there; `--quiet` gets only the final summary lin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -82,6 +84,7 @@ class Progress:
         self._console = Console(file=stdout, highlight=False, soft_wrap=False)
         self._errors = Console(file=stderr, highlight=False, soft_wrap=True)
         self._live: Live | None = None
+        self.stdout_closed = False
         if mode == "live":
             self._live = Live(self, console=self._console, refresh_per_second=4, transient=True)
             self._live.start()
@@ -91,30 +94,53 @@ class Progress:
         with self._lock:
             self._fold(event)
             if self.mode == "json":
-                self.stdout.write(json.dumps(event.to_json(), sort_keys=True) + "\n")
-                self.stdout.flush()
+                self._out(json.dumps(event.to_json(), sort_keys=True) + "\n")
             elif self.mode == "plain":
                 line = self._plain_line(event)
                 if line is not None:
-                    self.stdout.write(line + "\n")
-                    self.stdout.flush()
+                    self._out(line + "\n")
+
+    def _out(self, text: str) -> None:
+        """Write to stdout unless its reader has gone (`| head -3`): that is the reader's choice,
+        not a failure of the run, which goes on; nothing more is written there."""
+        if self.stdout_closed:
+            return
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the file object itself was closed
+            self._stdout_gone()
+
+    def _stdout_gone(self) -> None:
+        self.stdout_closed = True
+        if self._live is not None:
+            self._live.console.quiet = True
+        self._console.quiet = True
+        with contextlib.suppress(OSError, ValueError):
+            # what is still buffered (and the interpreter's flush at exit) goes nowhere, quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stdout.fileno())
+            os.close(devnull)
 
     def close(self) -> None:
         """Stop the live view; print the final table (humans) and the summary (all but JSON)."""
         live, self._live = self._live, None
-        if live is not None:
-            live.stop()  # outside the lock: its refresh thread takes the lock to render
-        with self._lock:
-            if self.mode == "json" or not self.run_id:
-                return  # JSON: events only; no run_started: the engine refused the run and says why
-            if self.mode in ("live", "plain"):
-                self._console.print(self._table(final=True))
-            self._print_failures()
-            summary = self.summary()
-            if self.mode == "quiet" and self.state != "succeeded":
-                self._errors.print(summary)
-            else:
-                self._console.print(summary, soft_wrap=True)
+        try:
+            if live is not None:
+                live.stop()  # outside the lock: its refresh thread takes the lock to render
+            with self._lock:
+                if self.mode == "json" or not self.run_id:
+                    return  # JSON: events only; no run_started: the engine refused the run and says why
+                if self.mode in ("live", "plain"):
+                    self._console.print(self._table(final=True))
+                self._print_failures()
+                summary = self.summary()
+                if self.mode == "quiet" and self.state != "succeeded":
+                    self._errors.print(summary)
+                else:
+                    self._console.print(summary, soft_wrap=True)
+        except BrokenPipeError:
+            self._stdout_gone()
 
     def __rich__(self) -> Table:
         """Rendered by rich on every refresh, so running steps' durations tick."""
