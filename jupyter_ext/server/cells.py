@@ -78,7 +78,9 @@ def cells_view(nb: dict[str, Any], name: str) -> dict[str, Any]:
         "cells": cells,
         "defaults": _notebook_defaults(name, nb.get("metadata", {})),
         "graph": graph.to_json(pipeline) if pipeline is not None else None,
-        "problems": [problem.to_json() for problem in problems],
+        "problems": [
+            {**problem.to_json(), "field": cellsettings.field_of(problem.tag)} for problem in problems
+        ],
     }
 
 

@@ -127,11 +127,14 @@ class ExecutedNotebookHandler(RunFilesHandler):
             if pipeline is None:
                 raise InvalidNotebook(problems)
             failures = {s.name: s.message or "step failed" for s in record.steps if s.state == "failed"}
+            # The record holds every parameter's value; papermill injects only those the user passed.
+            defaults = {parameter.name: parameter.default for parameter in pipeline.parameters}
+            passed = {k: v for k, v in record.parameters.items() if k not in defaults or defaults[k] != v}
             nb = executed_notebook.build(
                 source,
                 pipeline,
                 executed_notebook.read_step_outputs(folders),
-                parameters=record.parameters,
+                parameters=passed,
                 input_path=str(notebook),
                 output_path=str(target),
                 start_time=record.started or record.created,

@@ -148,3 +148,102 @@ export function followRun(id: string, after: number, onEvent: (event: RunEvent) 
   }
   return () => source.close();
 }
+
+/** Where one setting of a cell is written: tags (plain or Kale) or `metadata.cellpipe`. */
+export interface FieldView {
+  value: string;
+  source: 'tag' | 'kale' | 'metadata' | 'tag+metadata';
+  tags: string[];
+  overridden: string[];
+}
+
+export interface CellView {
+  index: number;
+  type: string;
+  role?: string | null;
+  step?: string | null;
+  starts?: boolean;
+  fields?: { [key: string]: FieldView };
+}
+
+/** The server's reading of every cell (`POST cells`): settings with sources, grouping, graph. */
+export interface CellsView {
+  path: string;
+  valid: boolean;
+  cells: CellView[];
+  defaults: { [key: string]: string };
+  graph: Graph | null;
+  problems: Problem[];
+}
+
+export interface FieldSpec {
+  key: string;
+  label: string;
+  kind: 'text' | 'list' | 'int' | 'switch' | 'pairs' | 'lines' | 'role';
+}
+
+export interface EditedCell {
+  tags: string[];
+  cellpipe: { [key: string]: unknown } | null;
+  problems: (Problem & { field: string | null })[];
+}
+
+/** The notebook as the browser has it (unsaved edits included), without outputs. */
+export interface NotebookContent {
+  metadata: { [key: string]: unknown };
+  cells: { cell_type: string; source: string; metadata: { [key: string]: unknown } }[];
+}
+
+export async function cells(path: string, notebook?: NotebookContent): Promise<CellsView> {
+  return (await post('cells', notebook ? { path, notebook } : { path })).json();
+}
+
+export async function editCell(body: {
+  tags: string[];
+  cellpipe?: { [key: string]: unknown };
+  values: { [key: string]: string };
+  target: 'keep' | 'tags' | 'metadata';
+  path: string;
+  cell: number;
+}): Promise<EditedCell> {
+  return (await post('cells/edit', body)).json();
+}
+
+let fieldSpecs: Promise<{ fields: FieldSpec[]; roles: string[] }> | null = null;
+
+/** The step form's fields, asked once: the vocabulary lives on the server. */
+export function fields(): Promise<{ fields: FieldSpec[]; roles: string[] }> {
+  fieldSpecs ??= call('fields').then(response => response.json());
+  fieldSpecs.catch(() => (fieldSpecs = null));
+  return fieldSpecs;
+}
+
+export interface StepError {
+  cell: number | null;
+  ename: string | null;
+  evalue: string | null;
+  traceback: string[];
+}
+
+export interface RunResults {
+  id: string;
+  state: string;
+  notebook: string | null;
+  steps: { name: string; state: string; message: string | null; report: boolean; error: StepError | null }[];
+}
+
+export async function runResults(id: string): Promise<RunResults> {
+  return (await call(`runs/${encodeURIComponent(id)}/results`)).json();
+}
+
+/** Writes the run's executed notebook inside the server root; its path there. */
+export async function executedNotebook(id: string): Promise<string> {
+  return (await (await post(`runs/${encodeURIComponent(id)}/notebook`, {})).json()).path;
+}
+
+/** A step's report page (a frame sends no headers: the token rides in the URL when the page has one). */
+export function reportUrl(id: string, step: string): string {
+  const token = PageConfig.getToken();
+  const url = apiUrl(`runs/${encodeURIComponent(id)}/steps/${encodeURIComponent(step)}/report`);
+  return token ? `${url}?token=${encodeURIComponent(token)}` : url;
+}

@@ -1,25 +1,32 @@
 /**
- * Shows each code cell's step in the notebook: a badge with the step name and resources on the
- * cell that starts the step, and a left edge in the step's colour on every cell of it.
+ * Shows what the server reads in each code cell, in the notebook itself: a badge with the step name
+ * and its requests and limits on the cell that starts a step, a left edge in the step's colour on
+ * every cell of it, a quiet mark on role cells (imports, parameters, ...), and a mark on cells the
+ * server warns about (e.g. steps ordered as the notebook is, values that cannot cross a step).
+ * Tags and `metadata.cellpipe` count alike: the server's reader decides, the browser only draws.
  */
 import type { NotebookPanel } from '@jupyterlab/notebook';
-import type { ICellModel } from '@jupyterlab/cells';
 
-import { CellpipeMetadata, badgeText, stepColour, stepsOfCells } from './metadata';
+import type * as api from './api';
+import type { CellsState } from './cellstate';
 
 const STEP_CLASS = 'cp-step-cell';
 const BADGE_CLASS = 'cp-step-badge';
+const ROLE_CLASS = 'cp-role-mark';
+const NOTE_CLASS = 'cp-cell-note';
 
-/** Keeps one notebook's cell decorations in step with its cells' metadata and tags. */
+/** Keeps one notebook's cell decorations in step with the server's view of its cells. */
 export class StepDecorations {
-  constructor(private readonly panel: NotebookPanel) {
-    void panel.context.ready.then(() => {
-      panel.model?.cells.changed.connect(this.schedule, this);
-      this.schedule();
-    });
+  constructor(
+    private readonly panel: NotebookPanel,
+    private readonly state: CellsState
+  ) {
+    state.changed.connect(this.schedule, this);
+    panel.content.model?.cells.changed.connect(this.schedule, this);
+    this.schedule();
   }
 
-  /** Metadata changes come in bursts (a form apply sets one key at a time): redraw once per frame. */
+  /** Redraw at most once per frame. */
   private schedule(): void {
     if (this.pending) {
       return;
@@ -32,16 +39,21 @@ export class StepDecorations {
   }
 
   private update(): void {
-    const widgets = this.panel.content.widgets;
-    const models = widgets.map(cell => cell.model);
-    for (const model of models) {
-      // Lumino ignores a second connection of the same slot and receiver.
-      model.metadataChanged.connect(this.schedule, this);
+    const view = this.state.view;
+    if (!view) {
+      return; // keep what is drawn until the server answers again
     }
-    const steps = stepsOfCells(models.map(describe));
-    widgets.forEach((cell, index) => {
-      const step = steps[index];
+    const nodes = new Map((view.graph?.nodes ?? []).map(node => [node.id, node]));
+    const warnings = new Map<number, string[]>();
+    for (const problem of view.problems) {
+      if (problem.cell !== null && problem.severity === 'warning') {
+        warnings.set(problem.cell, [...(warnings.get(problem.cell) ?? []), problem.message]);
+      }
+    }
+    this.panel.content.widgets.forEach((cell, index) => {
       const node = cell.node;
+      const seen = view.cells[index];
+      const step = seen?.type === 'code' ? seen.step ?? undefined : undefined;
       node.classList.toggle(STEP_CLASS, step !== undefined);
       if (step !== undefined) {
         node.style.setProperty('--cp-step-colour', stepColour(step));
@@ -50,45 +62,77 @@ export class StepDecorations {
         node.style.removeProperty('--cp-step-colour');
         delete node.dataset.cellpipeStep;
       }
-      const text = badgeText(cellpipeOf(cell.model)) ?? tagStep(cell.model);
-      let badge = node.querySelector<HTMLElement>(`:scope > .${BADGE_CLASS}`);
-      if (text && step !== undefined) {
-        if (!badge) {
-          badge = document.createElement('div');
-          badge.className = BADGE_CLASS;
-          node.prepend(badge);
-        }
-        badge.textContent = text;
-        badge.title = `cellpipe step ${step}`;
+      const text =
+        step !== undefined && seen?.starts
+          ? badgeText(step, nodes.get(step)?.resources ?? resourcesOf(seen.fields ?? {}))
+          : undefined;
+      mark(node, BADGE_CLASS, text, `cellpipe step ${step ?? ''}`);
+      const role = seen?.type === 'code' ? seen.role ?? undefined : undefined;
+      mark(node, ROLE_CLASS, role, role ? `cellpipe: ${role} cell` : '');
+      if (role) {
+        node.dataset.cellpipeRole = role;
       } else {
-        badge?.remove();
+        delete node.dataset.cellpipeRole;
       }
+      const notes = warnings.get(index);
+      mark(node, NOTE_CLASS, notes ? `⚠ ${notes.length}` : undefined, (notes ?? []).join('\n'));
     });
   }
 
   private pending = false;
 }
 
-function cellpipeOf(model: ICellModel): CellpipeMetadata | undefined {
-  const value = model.getMetadata('cellpipe');
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
-    ? (value as CellpipeMetadata)
-    : undefined;
+/** Adds, updates or removes one decoration element at the top of a cell. */
+function mark(cell: HTMLElement, className: string, text: string | undefined, title: string): void {
+  let element = cell.querySelector<HTMLElement>(`:scope > .${className}`);
+  if (text === undefined) {
+    element?.remove();
+    return;
+  }
+  if (!element) {
+    element = document.createElement('div');
+    element.className = className;
+    cell.prepend(element);
+  }
+  element.textContent = text;
+  element.title = title;
 }
 
-function tagsOf(model: ICellModel): string[] {
-  const tags = model.getMetadata('tags');
-  return Array.isArray(tags) ? tags.map(String) : [];
+/** A step's resources from the cell's own fields, while the notebook has errors and no graph. */
+function resourcesOf(fields: { [key: string]: api.FieldView }): { [key: string]: unknown } {
+  const resources: { [key: string]: unknown } = {};
+  for (const key of ['cpu', 'cpu_limit', 'memory', 'memory_limit', 'gpu', 'gpu_vendor', 'gpu_type']) {
+    if (fields[key]) {
+      resources[key] = fields[key].value;
+    }
+  }
+  return resources;
 }
 
-/** The badge of a cell tagged the plain way (`step:NAME`). */
-function tagStep(model: ICellModel): string | undefined {
-  const name = tagsOf(model)
-    .map(tag => /^(?:step|block):(.+)$/.exec(tag)?.[1])
-    .find(found => found !== undefined);
-  return name;
+/** "train · cpu 500m–2 · mem 1Gi · gpu 1 × a100": requests, limits after a dash. */
+export function badgeText(step: string, resources: { [key: string]: unknown }): string {
+  const parts = [step];
+  const range = (request: unknown, limit: unknown): string =>
+    [request, limit].filter(value => value !== undefined && value !== null && value !== '').map(String).join('–');
+  const cpu = range(resources.cpu, resources.cpu_limit);
+  if (cpu) {
+    parts.push(`cpu ${resources.cpu === undefined ? '≤' : ''}${cpu}`);
+  }
+  const memory = range(resources.memory, resources.memory_limit);
+  if (memory) {
+    parts.push(`mem ${resources.memory === undefined ? '≤' : ''}${memory}`);
+  }
+  if (resources.gpu !== undefined && resources.gpu !== '') {
+    parts.push(`gpu ${String(resources.gpu)}${resources.gpu_type ? ` × ${String(resources.gpu_type)}` : ''}`);
+  }
+  return parts.join(' · ');
 }
 
-function describe(model: ICellModel): { cellpipe?: CellpipeMetadata; tags: string[]; type: string } {
-  return { cellpipe: cellpipeOf(model), tags: tagsOf(model), type: model.type };
+/** A stable colour per step name, so every cell of a step shares its edge colour. */
+export function stepColour(step: string): string {
+  let hash = 0;
+  for (let i = 0; i < step.length; i++) {
+    hash = (hash * 31 + step.charCodeAt(i)) >>> 0;
+  }
+  return `hsl(${hash % 360}, 65%, 50%)`;
 }

@@ -3,17 +3,25 @@
  * the pipeline panel with its settings), sharing the server's view of each notebook.
  */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { Token } from '@lumino/coreutils';
 
 import { StepDecorations } from './badges';
+import { CellsStates } from './cellstate';
+import { addCommands } from './commands';
 import { PipelinePanel } from './panel';
+import { RunResults } from './runresults';
 import { PipelineStates } from './state';
 import { StepForm } from './stepform';
 
 interface ICellpipe {
   states: PipelineStates;
+  /** The server's reading of each open notebook's cells, for the form and the badges. */
+  cells: CellsStates;
+  panel: PipelinePanel;
+  results: RunResults;
   setting: (name: 'kfpHost' | 'namespace' | 'defaultImage') => string;
 }
 
@@ -45,14 +53,19 @@ const pipeline: JupyterFrontEndPlugin<ICellpipe> = {
         settings.changed.connect(read);
       });
     }
-    const cellpipe: ICellpipe = { states: new PipelineStates(), setting: name => values[name] ?? '' };
-    const panel = new PipelinePanel(tracker, cellpipe.states, () => ({
-      kfpHost: cellpipe.setting('kfpHost'),
-      namespace: cellpipe.setting('namespace')
-    }));
+    const setting = (name: string): string => values[name] ?? '';
+    const states = new PipelineStates();
+    let panel: PipelinePanel | null = null;
+    const results = new RunResults(app, tracker, () => panel?.redraw());
+    panel = new PipelinePanel(
+      tracker,
+      states,
+      () => ({ kfpHost: setting('kfpHost'), namespace: setting('namespace') }),
+      (container, run) => results.render(container, run)
+    );
     panel.title.label = 'Pipeline';
     shell.add(panel, 'right', { rank: 600 });
-    return cellpipe;
+    return { states, cells: new CellsStates(), panel, results, setting };
   }
 };
 
@@ -62,7 +75,7 @@ const stepForm: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   requires: [INotebookTracker, ILabShell, ICellpipe],
   activate: (_app: JupyterFrontEnd, tracker: INotebookTracker, shell: ILabShell, cellpipe: ICellpipe): void => {
-    const form = new StepForm(tracker, cellpipe.states, () => cellpipe.setting('defaultImage'));
+    const form = new StepForm(tracker, cellpipe.cells, () => cellpipe.setting('defaultImage'));
     form.title.label = 'Step';
     shell.add(form, 'right', { rank: 601 });
   }
@@ -70,12 +83,29 @@ const stepForm: JupyterFrontEndPlugin<void> = {
 
 const decorations: JupyterFrontEndPlugin<void> = {
   id: 'cellpipe-labextension:decorations',
-  description: 'Step badges and coloured step edges on notebook cells.',
+  description: 'Step badges (requests, limits), role marks and coloured step edges on notebook cells.',
   autoStart: true,
-  requires: [INotebookTracker],
-  activate: (_app: JupyterFrontEnd, tracker: INotebookTracker): void => {
-    tracker.widgetAdded.connect((_, panel) => new StepDecorations(panel));
+  requires: [INotebookTracker, ICellpipe],
+  activate: (_app: JupyterFrontEnd, tracker: INotebookTracker, cellpipe: ICellpipe): void => {
+    tracker.widgetAdded.connect((_, panel) => new StepDecorations(panel, cellpipe.cells.get(panel)));
   }
 };
 
-export default [pipeline, stepForm, decorations];
+/** Validate, Compile, Run locally, Submit, Debug: palette, notebook toolbar, keyboard shortcuts. */
+const commands: JupyterFrontEndPlugin<void> = {
+  id: 'cellpipe-labextension:commands',
+  description: "cellpipe's commands in the palette, the notebook toolbar and on keys.",
+  autoStart: true,
+  requires: [INotebookTracker, ICellpipe],
+  optional: [ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    cellpipe: ICellpipe,
+    palette: ICommandPalette | null
+  ): void => {
+    addCommands(app, tracker, cellpipe.panel, cellpipe.results, palette);
+  }
+};
+
+export default [pipeline, stepForm, decorations, commands];

@@ -68,7 +68,9 @@ export class PipelinePanel extends Widget {
   constructor(
     private readonly tracker: INotebookTracker,
     private readonly states: PipelineStates,
-    private readonly settings: () => PanelSettings
+    private readonly settings: () => PanelSettings,
+    /** Appends a finished run's results (executed notebook, reports, failures) to its details. */
+    private readonly results?: (container: HTMLElement, run: { id: string; state: string }) => void
   ) {
     super();
     this.id = 'cellpipe-pipeline-panel';
@@ -92,6 +94,7 @@ export class PipelinePanel extends Widget {
       <div class="cp-run-details"></div>`;
     for (const button of this.node.querySelectorAll<HTMLButtonElement>('button[data-action]')) {
       button.addEventListener('click', () => void this.act(button.dataset.action ?? ''));
+      button.dataset.command = `cellpipe:${button.dataset.action === 'run' ? 'run-local' : button.dataset.action}`;
     }
     tracker.currentChanged.connect((_, panel) => this.watch(panel), this);
     this.watch(tracker.currentWidget);
@@ -139,7 +142,13 @@ export class PipelinePanel extends Widget {
     node.classList.toggle('cp-error', isError);
   }
 
-  private async act(action: string): Promise<void> {
+  /** The run whose details are shown (the Debug command's default run). */
+  get selectedRun(): string | null {
+    return this.selected;
+  }
+
+  /** One of the panel's actions (`validate`, `compile`, `run`, `submit`): its buttons and commands. */
+  async act(action: string): Promise<void> {
     const state = this.current;
     if (!state) {
       this.status('Open a notebook first.', true);
@@ -338,7 +347,8 @@ export class PipelinePanel extends Widget {
     });
   }
 
-  private redraw(): void {
+  /** Redraws the runs and the DAG at the next frame (also when a run's results arrive). */
+  redraw(): void {
     if (this.frame) {
       return;
     }
@@ -397,6 +407,7 @@ export class PipelinePanel extends Widget {
     const heading = document.createElement('h3');
     heading.textContent = `Run ${view.record.id}: ${view.state}`;
     details.appendChild(heading);
+    this.results?.(details, { id: view.record.id, state: view.state });
     if (view.record.remote_id && this.settings().kfpHost) {
       const link = document.createElement('a');
       link.href = `${this.settings().kfpHost.replace(/\/$/, '')}/#/runs/details/${view.record.remote_id}`;

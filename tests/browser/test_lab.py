@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "out" / "browser"
 NOTEBOOK = "plain_untagged.ipynb"
+PLAIN_TAGS = "plain_tags.ipynb"  # tagged as the README teaches; its second step fails
+DOCS_IMAGES = ROOT / "docs" / "images"
+SHOWN = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on screen (others stay in the DOM)
 TIMEOUT_MS = 60_000
 
 if not CHROMIUM.exists():
@@ -41,6 +44,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _write_plain_tags(path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    cells = [
+        new_markdown_cell("# Plain tags\nSettings written as cell tags only."),
+        new_code_cell("import statistics", metadata={"tags": ["imports"]}),
+        new_code_cell("divisor = 0", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "values = [3, 4, 5]\nprint('loaded', len(values), 'values')",
+            metadata={"tags": ["step:load-data", "cpu:500m", "memory:1Gi", "retries:2", "timeout:30m"]},
+        ),
+        new_code_cell(
+            "mean = statistics.mean(values)\nprint('mean', mean)\nscaled = mean / divisor",
+            metadata={"tags": ["step:score", "cpu:1", "memory-limit:2Gi"]},
+        ),
+    ]
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
 
 
 class Lab:
@@ -55,6 +80,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("lab")
     root = base / "notebooks"
     shutil.copytree(ROOT / "sample_notebooks", root, ignore=shutil.ignore_patterns("out", "data"))
+    _write_plain_tags(root / PLAIN_TAGS)
     settings = base / "app-settings"
     settings.mkdir()
     # The news and update toasts would cover the page.
@@ -171,9 +197,14 @@ def _scroll_to_last_cell(page: Any) -> None:
     )
 
 
-def _saved_metadata(lab: Lab) -> list[dict[str, Any]]:
-    cells = json.loads((lab.root / NOTEBOOK).read_text())["cells"]
+def _saved_metadata(lab: Lab, notebook: str = NOTEBOOK) -> list[dict[str, Any]]:
+    cells = json.loads((lab.root / notebook).read_text())["cells"]
     return [cell["metadata"].get("cellpipe", {}) for cell in cells]
+
+
+def _saved_tags(lab: Lab, notebook: str = NOTEBOOK) -> list[list[str]]:
+    cells = json.loads((lab.root / notebook).read_text())["cells"]
+    return [cell["metadata"].get("tags", []) for cell in cells]
 
 
 def test_untagged_notebook_shows_one_step(page: Any) -> None:
@@ -186,6 +217,7 @@ def test_untagged_notebook_shows_one_step(page: Any) -> None:
 
 
 def test_tag_cells_through_the_form(page: Any, lab: Lab) -> None:
+    """On an untagged notebook the form writes plain tags, as the README teaches."""
     _open_side_panel(page, "cellpipe-step-form")
     form = page.locator("#cellpipe-step-form")
     # cell 1 holds the imports, cell 3 loads the data, cell 5 fits on it
@@ -199,17 +231,21 @@ def test_tag_cells_through_the_form(page: Any, lab: Lab) -> None:
             else:
                 field.fill(value)
         form.get_by_role("button", name="Apply").click()
+        page.wait_for_function(
+            f"() => (window.jupyterapp.shell.currentWidget.content.widgets[{index}].model.getMetadata('tags')"
+            " || []).length > 0"
+        )
     page.wait_for_selector('.jp-Cell[data-cellpipe-step="fit"] .cp-step-badge')
-    badge = page.locator('.jp-Cell[data-cellpipe-step="fit"] .cp-step-badge').first
-    assert badge.inner_text() == "fit · cpu 1"
+    badge = page.locator(f'{SHOWN} .jp-Cell[data-cellpipe-step="fit"] .cp-step-badge').first
+    playwright_sync.expect(badge).to_have_text("fit · cpu 1")
     _save(page)
     deadline = time.monotonic() + 30
-    while _saved_metadata(lab)[5] != {"step": "fit", "cpu": "1"}:
-        assert time.monotonic() < deadline, _saved_metadata(lab)
+    while _saved_tags(lab)[5] != ["step:fit", "cpu:1"]:
+        assert time.monotonic() < deadline, _saved_tags(lab)
         time.sleep(0.2)
-    saved = _saved_metadata(lab)
-    assert saved[1] == {"role": "imports"}
-    assert saved[3] == {"step": "load"}
+    saved = _saved_tags(lab)
+    assert saved[1] == ["imports"] and saved[3] == ["step:load"]
+    assert _saved_metadata(lab) == [{}] * len(saved)  # no metadata.cellpipe beside the tags
     _shot(page, "2-tagged")
 
 
@@ -237,10 +273,18 @@ def test_form_shows_server_problems_inline(page: Any, lab: Lab) -> None:
     _open_side_panel(page, "cellpipe-step-form")
     form = page.locator("#cellpipe-step-form")
     _select_cell(page, 5)
+    error = form.locator("#cp-field-memory-error")
+    # a value the reader refuses is shown under its field and never written
     form.locator("#cp-field-memory").fill("lots")
     form.get_by_role("button", name="Apply").click()
+    playwright_sync.expect(error).to_contain_text("not a valid memory value", timeout=TIMEOUT_MS)
+    assert page.evaluate(_TAGS_OF_CELL_5) == ["step:fit", "cpu:1"]
+    # a bad tag typed in the notebook (JupyterLab's tag editor) shows under its field too
+    page.evaluate(
+        "() => window.jupyterapp.shell.currentWidget.content.widgets[5].model"
+        ".setMetadata('tags', ['step:fit', 'cpu:1', 'memory:lots'])"
+    )
     _save(page)
-    error = form.locator("#cp-field-memory-error")
     playwright_sync.expect(error).to_contain_text("not a valid memory value", timeout=TIMEOUT_MS)
     error.scroll_into_view_if_needed()
     _shot(page, "4-problem")
@@ -250,10 +294,15 @@ def test_form_shows_server_problems_inline(page: Any, lab: Lab) -> None:
     page.locator("#cellpipe-pipeline-panel .cp-problem", has_text="not a valid memory value").click()
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex === 5")
     _open_side_panel(page, "cellpipe-step-form")
+    playwright_sync.expect(form.locator("#cp-field-memory")).to_have_value("lots")
     form.locator("#cp-field-memory").fill("")
     form.get_by_role("button", name="Apply").click()
+    page.wait_for_function(f'() => JSON.stringify(({_TAGS_OF_CELL_5})()) === \'["step:fit","cpu:1"]\'')
     _save(page)
     playwright_sync.expect(error).to_have_text("", timeout=TIMEOUT_MS)
+
+
+_TAGS_OF_CELL_5 = "() => window.jupyterapp.shell.currentWidget.content.widgets[5].model.getMetadata('tags')"
 
 
 def test_run_locally_from_the_panel(page: Any) -> None:
@@ -302,6 +351,185 @@ def test_run_monitor_widget_renders_and_finishes(page: Any) -> None:
     playwright_sync.expect(page.locator(".jp-Notebook .widget-hprogress").last).to_contain_text("2/2")
     _scroll_to_last_cell(page)
     _shot(page, "7-monitor-finished")
+
+
+def _open(page: Any, path: str) -> None:
+    page.evaluate(
+        f"() => window.jupyterapp.commands.execute('docmanager:open', {{path: '{path}'}}).then(() => null)"
+    )
+    page.wait_for_function(f"() => window.jupyterapp.shell.currentWidget.context.path === '{path}'")
+    _wait_for_kernel(page)
+
+
+def _docs_shot(page: Any, name: str, theme: str = "light") -> None:
+    """A screenshot for the docs (docs/images/), and a copy with the test artifacts."""
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS_IMAGES / f"lab-{name}-{theme}.png"))
+    _shot(page, f"{name}-{theme}")
+
+
+def _field(page: Any, key: str) -> Any:
+    return page.locator(f"#cellpipe-step-form #cp-field-{key}")
+
+
+def test_plain_tags_show_in_the_form_with_their_tags(page: Any) -> None:
+    _open(page, PLAIN_TAGS)
+    _open_side_panel(page, "cellpipe-step-form")
+    _select_cell(page, 3)
+    expect = playwright_sync.expect
+    expect(_field(page, "step")).to_have_value("load-data", timeout=TIMEOUT_MS)
+    values = {key: _field(page, key).input_value() for key in ("cpu", "memory", "retries", "timeout", "gpu")}
+    assert values == {"cpu": "500m", "memory": "1Gi", "retries": "2", "timeout": "30m", "gpu": ""}
+    source = page.locator('#cellpipe-step-form .cp-field[data-field="cpu"] .cp-source')
+    expect(source).to_have_text("from tag cpu:500m")
+    _docs_shot(page, "form")
+    _select_cell(page, 4)
+    expect(_field(page, "step")).to_have_value("score")
+    assert _field(page, "memory_limit").input_value() == "2Gi"
+    _select_cell(page, 1)
+    expect(_field(page, "role")).to_have_value("imports")
+
+
+def test_badges_show_requests_and_role_marks(page: Any) -> None:
+    expect = playwright_sync.expect
+    expect(page.locator(f'{SHOWN} .jp-Cell[data-cellpipe-step="load-data"] .cp-step-badge')).to_have_text(
+        "load-data · cpu 500m · mem 1Gi", timeout=TIMEOUT_MS
+    )
+    expect(page.locator(f'{SHOWN} .jp-Cell[data-cellpipe-step="score"] .cp-step-badge')).to_have_text(
+        "score · cpu 1 · mem ≤2Gi"
+    )
+    expect(page.locator(f'{SHOWN} .jp-Cell[data-cellpipe-role="imports"] .cp-role-mark')).to_have_text(
+        "imports"
+    )
+    expect(page.locator(f'{SHOWN} .jp-Cell[data-cellpipe-role="parameters"] .cp-role-mark')).to_have_text(
+        "parameters"
+    )
+    _docs_shot(page, "badges")
+
+
+def test_editing_a_value_changes_exactly_that_tag(page: Any, lab: Lab) -> None:
+    before = _saved_tags(lab, PLAIN_TAGS)
+    _open_side_panel(page, "cellpipe-step-form")
+    _select_cell(page, 3)
+    playwright_sync.expect(_field(page, "cpu")).to_have_value("500m", timeout=TIMEOUT_MS)
+    _field(page, "cpu").fill("750m")
+    page.locator("#cellpipe-step-form").get_by_role("button", name="Apply").click()
+    playwright_sync.expect(
+        page.locator(f'{SHOWN} .jp-Cell[data-cellpipe-step="load-data"] .cp-step-badge')
+    ).to_have_text("load-data · cpu 750m · mem 1Gi", timeout=TIMEOUT_MS)
+    _save(page)
+    deadline = time.monotonic() + 30
+    while _saved_tags(lab, PLAIN_TAGS)[3] == before[3]:
+        assert time.monotonic() < deadline, _saved_tags(lab, PLAIN_TAGS)
+        time.sleep(0.2)
+    after = _saved_tags(lab, PLAIN_TAGS)
+    assert after[3] == ["step:load-data", "cpu:750m", "memory:1Gi", "retries:2", "timeout:30m"]
+    assert after[:3] + after[4:] == before[:3] + before[4:]  # no other cell changed
+    assert _saved_metadata(lab, PLAIN_TAGS) == [{}] * len(after)  # and nothing written beside the tags
+    playwright_sync.expect(
+        page.locator('#cellpipe-step-form .cp-field[data-field="cpu"] .cp-source')
+    ).to_have_text("from tag cpu:750m")
+
+
+def test_commands_are_on_the_toolbar_in_the_palette_and_on_keys(page: Any) -> None:
+    toolbar = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-NotebookPanel-toolbar")
+    for command in ("validate", "compile", "run-local", "submit", "debug"):
+        toolbar.locator(f'[data-command="cellpipe:{command}"]').wait_for(state="attached")
+    palette = page.evaluate(
+        "() => ['validate', 'compile', 'run-local', 'submit', 'debug'].map(c => "
+        "window.jupyterapp.commands.hasCommand('cellpipe:' + c))"
+    )
+    assert palette == [True] * 5
+    # Alt+P, then R: run locally (the run fails in step score, cell 4)
+    _select_cell(page, 2)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.content.node.focus()")
+    page.keyboard.press("Alt+p")
+    page.keyboard.press("r")
+    page.wait_for_selector("#cellpipe-pipeline-panel .cp-run.cp-run-failed", timeout=120_000)
+
+
+def test_a_failed_run_shows_its_error_and_the_cell(page: Any) -> None:
+    panel = page.locator("#cellpipe-pipeline-panel")
+    run = panel.locator(".cp-run.cp-run-failed").first
+    states = {
+        chip.get_attribute("data-step"): chip.get_attribute("data-state")
+        for chip in run.locator(".cp-chip").all()
+    }
+    assert states == {"load-data": "succeeded", "score": "failed"}
+    failure = panel.locator('.cp-step-failure[data-step="score"] .cp-failure-cell')
+    playwright_sync.expect(failure).to_contain_text(
+        "score failed in cell 4: ZeroDivisionError", timeout=TIMEOUT_MS
+    )
+    _select_cell(page, 0)
+    failure.click()
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex === 4")
+    failure.scroll_into_view_if_needed()
+    _docs_shot(page, "failed-run")
+
+
+def test_the_executed_notebook_opens_with_its_outputs(page: Any, lab: Lab) -> None:
+    panel = page.locator("#cellpipe-pipeline-panel")
+    panel.locator(".cp-open-executed").first.click()
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget.context.path.startsWith('cellpipe-runs/plain_tags-')"
+    )
+    path = page.evaluate("() => window.jupyterapp.shell.currentWidget.context.path")
+    executed = json.loads((lab.root / path).read_text())
+    outputs = ["".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", [])]
+    assert "loaded 3 values\n" in outputs and "mean 4\n" in outputs
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert [e["ename"] for e in errors] == ["ZeroDivisionError"]
+    shown = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output")
+    playwright_sync.expect(shown.filter(has_text="loaded 3 values")).to_have_count(1, timeout=TIMEOUT_MS)
+    playwright_sync.expect(shown.filter(has_text="ZeroDivisionError")).not_to_have_count(0)
+    _docs_shot(page, "executed-notebook")
+    # a step's HTML report opens in a tab of its own
+    panel.locator(".cp-open-report", has_text="load-data").first.click()
+    frame = page.locator(".cp-report-frame iframe")
+    frame.wait_for()
+    assert "/steps/load-data/report" in (frame.get_attribute("src") or "")
+    page.frame_locator(".cp-report-frame iframe").locator("h1").wait_for()
+    _docs_shot(page, "report")
+    page.evaluate("() => window.jupyterapp.commands.execute('application:close')")
+    page.evaluate("() => window.jupyterapp.commands.execute('application:close')")  # the executed notebook
+
+
+def _has_debug_magic() -> bool:
+    import jupyter_ext
+
+    return hasattr(jupyter_ext, "load_ipython_extension")
+
+
+def test_debug_loads_the_inputs_and_the_inserted_cell_reproduces_the_error(page: Any) -> None:
+    if not _has_debug_magic():
+        pytest.skip("the %cellpipe magic (helper E2's jupyter_ext.load_ipython_extension) is not there yet")
+    _open(page, PLAIN_TAGS)
+    count = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    page.locator('#cellpipe-pipeline-panel .cp-step-failure[data-step="score"] .cp-debug').click()
+    page.wait_for_function(
+        f"() => window.jupyterapp.shell.currentWidget.content.widgets.length === {count + 2}", timeout=120_000
+    )
+    cells = page.evaluate(
+        """() => window.jupyterapp.shell.currentWidget.content.widgets.map(c => ({
+            source: c.model.sharedModel.getSource(), tags: c.model.getMetadata('tags') || []}))"""
+    )
+    magic, code = cells[5], cells[6]
+    assert magic["source"].startswith("%load_ext jupyter_ext\n%cellpipe inputs ") and magic["tags"] == [
+        "skip"
+    ]
+    assert "scaled = mean / divisor" in code["source"] and code["tags"] == ["skip"]
+    loaded = page.evaluate(
+        "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute("
+        "{code: 'print(values, divisor)'}).done.then(() => null)"
+    )
+    assert loaded is None
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-cell')")  # the inserted cell
+    error = (
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(6).locator(".jp-OutputArea-output")
+    )
+    playwright_sync.expect(error).to_contain_text("ZeroDivisionError", timeout=TIMEOUT_MS)
+    _docs_shot(page, "debug")
 
 
 def test_dark_theme_keeps_the_panel_readable(page: Any) -> None:
@@ -357,3 +585,25 @@ def test_submit_dialog_offers_the_parameters_cell(page: Any) -> None:
     dialog.get_by_role("button", name="Cancel").click()
     dialog.wait_for(state="detached")
     assert panel.locator(".cp-status").inner_text() == status  # nothing was submitted
+
+
+def test_dark_theme_screenshots_of_each_stage(page: Any) -> None:
+    """The docs show every stage in both themes (the theme is dark since the contrast test)."""
+    _open(page, PLAIN_TAGS)
+    _open_side_panel(page, "cellpipe-step-form")
+    _select_cell(page, 3)
+    playwright_sync.expect(_field(page, "step")).to_have_value("load-data", timeout=TIMEOUT_MS)
+    _docs_shot(page, "form", "dark")
+    _docs_shot(page, "badges", "dark")
+    _open_side_panel(page, "cellpipe-pipeline-panel")
+    page.locator("#cellpipe-pipeline-panel .cp-run.cp-run-failed .cp-run-button").first.click()
+    failure = page.locator('#cellpipe-pipeline-panel .cp-step-failure[data-step="score"]')
+    failure.wait_for()
+    failure.scroll_into_view_if_needed()
+    _docs_shot(page, "failed-run", "dark")
+    page.locator("#cellpipe-pipeline-panel .cp-open-executed").first.click()
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget.context.path.startsWith('cellpipe-runs/plain_tags-')"
+    )
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first.wait_for()
+    _docs_shot(page, "executed-notebook", "dark")

@@ -129,6 +129,8 @@ async def test_a_failed_run_comes_back_with_its_cell_notebook_and_reports(
     executed = nbformat.read(jp_root_dir / written["path"], as_version=4)
     outputs = {i: [o.get("output_type") for o in c.get("outputs", [])] for i, c in enumerate(executed.cells)}
     assert "error" in [t for ts in outputs.values() for t in ts]
+    # no parameter was passed, so papermill's injected-parameters cell is not there either
+    assert not any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
     # the contents API, which JupyterLab opens files through, serves it
     model = json.loads((await jp_fetch("api", "contents", written["path"])).body)
     assert model["type"] == "notebook"

@@ -1,0 +1,23 @@
+import { describe, expect, it } from 'vitest';
+
+import { badgeText, stepColour } from '../src/badges';
+
+describe('badgeText', () => {
+  it('shows requests, limits after a dash, and the GPU count with its type', () => {
+    expect(badgeText('train', { cpu: '500m', cpu_limit: '2', memory: '1Gi', gpu: 1, gpu_type: 'a100' })).toBe(
+      'train · cpu 500m–2 · mem 1Gi · gpu 1 × a100'
+    );
+  });
+
+  it('marks a limit without a request and leaves out what is not set', () => {
+    expect(badgeText('load', { memory_limit: '8Gi' })).toBe('load · mem ≤8Gi');
+    expect(badgeText('load', {})).toBe('load');
+  });
+});
+
+describe('stepColour', () => {
+  it('is stable per name', () => {
+    expect(stepColour('train')).toBe(stepColour('train'));
+    expect(stepColour('train')).not.toBe(stepColour('load'));
+  });
+});
