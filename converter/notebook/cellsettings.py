@@ -256,7 +256,7 @@ def describe(notebook: str, index: int, cell_tags: Sequence[str], cellpipe: obje
         elif tagged:
             fields[key] = FieldView(tag_text, tag_source, tag_names)
     problems: list[Problem] = []
-    cell = tags.parse_tags(notebook, index, [str(t) for t in cell_tags], problems)
+    tags.parse_tags(notebook, index, [str(t) for t in cell_tags], problems)
     if cellpipe is not None:
         tags.parse_structured(notebook, index, cellpipe, problems)
         if isinstance(cellpipe, dict) and "role" in cellpipe and str(cellpipe["role"]) not in tags.ROLE_TAGS:
@@ -269,10 +269,9 @@ def describe(notebook: str, index: int, cell_tags: Sequence[str], cellpipe: obje
                     "role must be one of " + ", ".join(ROLES),
                 )
             )
-    if cell.role is not None and "step" in fields:
-        problems.append(
-            Problem(notebook, index, "step", "error", f"a {cell.role} cell cannot also be a step")
-        )
+    if "role" in fields and "step" in fields:
+        role = fields["role"].value
+        problems.append(Problem(notebook, index, "step", "error", f"a {role} cell cannot also be a step"))
     return CellView(fields, problems)
 
 

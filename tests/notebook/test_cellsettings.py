@@ -93,3 +93,9 @@ def test_a_bad_value_comes_back_as_the_readers_problem_on_its_field() -> None:
     assert cs.field_of(problem.tag) == "memory"
     assert cs.field_of("metadata.cellpipe.cpu_request") == "cpu"
     assert cs.field_of("limit:cpu:x") == "cpu_limit"
+
+
+def test_a_role_and_a_step_on_one_cell_is_refused_however_written() -> None:
+    for tags, cellpipe in [(["imports", "step:a"], None), (["step:a"], {"role": "skip"})]:
+        [problem] = cs.describe("nb.ipynb", 2, tags, cellpipe).problems
+        assert problem.severity == "error" and "cannot also be a step" in problem.message
