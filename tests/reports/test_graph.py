@@ -22,7 +22,9 @@ from converter.model import (
 )
 from converter.reports.graph import levels, render_image, render_text, to_dot, to_json
 
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+needs_dot = pytest.mark.skipif(
+    shutil.which("dot") is None, reason="needs Graphviz's `dot` (apt-get install graphviz)"
+)
 
 
 def svg_texts(svg: bytes) -> list[str]:
