@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from converter.model import Edge, Parameter, Step, StepSettings
 from converter.notebook import metrics, order, served, tags
-from converter.notebook.analysis import BUILTIN_NAMES, CellAnalysis, analyze_sequence
+from converter.notebook.analysis import BUILTIN_NAMES, ArgumentEffects, CellAnalysis, analyze_sequence
 from converter.notebook.drafts import EMPTY, Cell, Report, StepDraft, code_cell
 from converter.step import requirements as packaging
 
@@ -55,6 +56,12 @@ def data_flow(
     step_inputs: dict[str, dict[str, str]] = {}  # step -> variable -> producer
     step_params: dict[str, set[str]] = {}
     step_analysis: dict[str, CellAnalysis] = {}
+    # Functions defined so far (functions cells, then steps) -> the arguments a call may change.
+    mutators: dict[str, ArgumentEffects | None] = {}
+    imported: set[str] = set()  # names bound by an import (imports cells, then steps): library code
+    if common is not None:
+        mutators = {n: common.mutating_functions.get(n) for n in common.functions}
+        imported = set(common.imports)
     for draft in drafts:
         analyses = [c.analysis for c in draft.cells if c.analysis is not None]
         if len(analyses) != len(draft.cells):
@@ -103,21 +110,21 @@ def data_flow(
                     f"name {name!r} is not defined before step {draft.name!r} "
                     "(not a builtin, import, parameter or earlier step's variable)",
                 )
-        for name in sorted(block.assigns & param_names):
-            report.error_at(
-                assigning_cell(draft, name),
-                f"step {draft.name!r} assigns {name!r}, which is a pipeline parameter; parameters are "
-                "read-only inputs (use another variable name)",
-            )
         step_inputs[draft.name] = inputs
         step_params[draft.name] = params
         for name in block.assigns - block.imports:
             definitions[name] = draft.name
-        for name in block.mutates:
-            if name in inputs:
-                definitions[name] = draft.name  # later readers get the mutated version
+        for name in sorted(_changed(block, seen, common, mutators, imported) & set(inputs)):
+            definitions[name] = draft.name  # later readers get the (possibly) changed version
         for name in block.imports:
             definitions.pop(name, None)
+            mutators.pop(name, None)
+        imported = (imported - block.assigns) | set(block.imports)
+        for name in block.assigns - block.imports:
+            if name in block.functions:
+                mutators[name] = block.mutating_functions.get(name)
+            elif name not in block.conditional_assigns:
+                mutators.pop(name, None)
 
     metrics_of = metrics.producers(report, roles.get("metrics", []), drafts, step_analysis, param_names)
     # Resource and cycle checks run even when other errors were found: every problem at once.
@@ -202,3 +209,30 @@ def assigning_cell(draft: StepDraft, name: str) -> Cell:
         if cell.analysis and name in cell.analysis.assigns:
             return cell
     return draft.first
+
+
+def _changed(
+    block: CellAnalysis,
+    called: set[str],
+    common: CellAnalysis | None,
+    mutators: Mapping[str, ArgumentEffects | None],
+    imported: set[str],
+) -> set[str]:
+    """Names from earlier steps the step may change in place: mutated, or not provably left alone.
+
+    `called` holds the functions-cell functions the step reaches: their changes to globals count.
+    A value passed to a function the notebook defined counts when that function may change that
+    argument; passed to a function of unknown origin (not imported, not defined), it counts too.
+    """
+    changed = set(block.mutates) | set(block.may_mutate)
+    if common is not None:
+        for fn in called:
+            changed |= common.function_mutates.get(fn, frozenset())
+    for callee, sites in block.calls.items():
+        for site in sites:
+            if callee in mutators:
+                effects = mutators[callee]
+                changed |= effects.changed_by(site) if effects else frozenset()
+            elif callee not in imported:
+                changed |= site.roots()
+    return changed

@@ -20,6 +20,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 
 from converter.notebook.analysis import (
     BUILTIN_NAMES,
+    CallSite,
     CellAnalysis,
     CellSyntaxError,
     analyze_cell,
@@ -999,3 +1000,70 @@ def test_function_free_names_match_the_bytecode_of_stdlib_functions() -> None:
         assert found == expected, f"{module_name}.{name}"
         checked += 1
     assert checked > 100
+
+
+# ----------------------------------------------------------------------------- changes through calls
+
+
+def test_functions_that_change_their_parameters_are_known_by_parameter() -> None:
+    c = cell(
+        """
+        def clean(df):
+            df.dropna(inplace=True)
+
+        def add(lst, value):
+            lst.append(value)
+
+        def fit(model, X, y=None, **options):
+            model.fit(X, y)
+            options["done"] = True
+            return score(X)
+
+        def pure(x):
+            return x.copy()
+        """
+    )
+    assert set(c.mutating_functions) == {"clean", "add", "fit"}
+    assert c.mutating_functions["fit"].changed == {"model", "options"}
+    site = CallSite(("m", "data"), (("y", "target"), ("verbose", "v")))
+    assert c.mutating_functions["fit"].changed_by(site) == {"m", "v"}  # verbose lands in **options
+
+
+def test_a_call_in_the_cell_changes_what_the_function_changes() -> None:
+    c = cell(
+        """
+        def add(lst, value):
+            lst.append(value)
+
+        add(seen, total)
+        """
+    )
+    assert c.mutates == {"seen"} and not c.calls
+
+
+def test_calls_to_functions_from_elsewhere_and_unknown_methods_are_recorded() -> None:
+    c = cell(
+        """
+        import helpers
+        from tools import tidy
+        clean(raw, key=other)
+        tidy(kept)
+        helpers.run(kept)
+        raw.custom_normalise()
+        raw.head()
+        print(len(raw))
+        local = []
+        clean(local)
+        """
+    )
+    assert c.calls == {"clean": (CallSite(("raw",), (("key", "other"),)),)}  # not clean(local)
+    assert c.may_mutate == {"raw"}  # custom_normalise: unknown; head, len, print: harmless
+    assert not c.mutates
+
+
+def test_a_sequence_resolves_calls_to_its_own_functions() -> None:
+    first = cell("def add(lst, v):\n    lst.append(v)\n")
+    second = cell("add(seen, 1)\nother(thing)\n")
+    block = analyze_sequence([first, second])
+    assert block.mutates == {"seen"}
+    assert set(block.calls) == {"other"} and set(block.mutating_functions) == {"add"}

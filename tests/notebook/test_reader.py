@@ -640,14 +640,6 @@ NOT_DEFINED = "(not a builtin, import, parameter or earlier step's variable)"
             id="reads-left-out-preamble",
         ),
         pytest.param(
-            [("lr = 0.1", ["parameters"]), ("lr = lr * 2", ["step:a"])],
-            [
-                "nb.ipynb: cell 1 [step:a]: step 'a' assigns 'lr', which is a pipeline parameter; "
-                "parameters are read-only inputs (use another variable name)"
-            ],
-            id="parameter-collision",
-        ),
-        pytest.param(
             [
                 ("import os", ["imports"]),
                 ("n = os.cpu_count()\nm = 1 + 2", ["parameters"]),
@@ -811,3 +803,55 @@ def test_every_sample_notebook_reads_without_errors() -> None:
         pipeline, problems = check_notebook(path)
         assert pipeline is not None, [str(p) for p in problems]
         assert pipeline.steps
+
+
+def test_a_step_may_rebind_a_parameter_as_papermill_runs_it() -> None:
+    p = read(
+        ("lr = 0.1\nepochs = 3", ["parameters"]),
+        ("lr = lr * 2\nepochs += 1", ["step:derive"]),
+        ("print(lr, epochs)", ["step:use"]),
+    )
+    assert p.step("derive").parameters == ("epochs", "lr")
+    assert p.step("use").parameters == ()
+    assert p.step("use").inputs == ("epochs", "lr")
+    assert p.producer("use", "lr") == "derive"
+
+
+def test_functions_that_change_their_arguments_pass_the_changed_value_on() -> None:
+    p = read(
+        (
+            "def clean(df):\n    df.dropna(inplace=True)\n\ndef add(lst, v):\n    lst.append(v)\n\n"
+            "def score(model, X):\n    model.fit(X)\n    return len(X)",
+            ["functions"],
+        ),
+        (
+            "import pandas as pd\nraw = pd.DataFrame({'a': [1, None]})\nseen = []\nX = [1]\nm = object()",
+            ["step:load"],
+        ),
+        ("clean(raw)\nadd(seen, 'x')", ["step:clean"]),
+        ("n = score(m, X)", ["step:fit"]),
+        ("print(raw, seen, X, m)", ["step:show"]),
+    )
+    assert p.producer("show", "raw") == "clean" and p.producer("show", "seen") == "clean"
+    assert p.producer("show", "m") == "fit"
+    assert p.producer("show", "X") == "load"  # score changes its model, not its data
+
+
+def test_what_cannot_be_proven_harmless_passes_the_value_on() -> None:
+    p = read(
+        ("from helpers import tidy", ["imports"]),
+        ("import pandas as pd\nraw = pd.DataFrame({'a': [1]})\nother = [1]", ["step:load"]),
+        ("raw.custom_normalise()\nprint(raw.head())", ["step:unknown_method"]),
+        ("tidy(other)", ["step:imported_call"]),
+        ("print(raw, other)", ["step:show"]),
+    )
+    assert p.producer("show", "raw") == "unknown_method"  # a method not known to leave it alone
+    assert p.producer("show", "other") == "load"  # imported library functions are taken as harmless
+    p = read(
+        ("def helper(d):\n    d['k'] = 1", ["step:define"]),
+        ("data = {}\nlst = []", ["step:load"]),
+        ("helper(data)\nprint(lst.count(1))", ["step:use"]),
+        ("print(data, lst)", ["step:show"]),
+    )
+    assert p.producer("show", "data") == "use"  # a function an earlier step defined, that changes d
+    assert p.producer("show", "lst") == "load"  # count() leaves a list alone

@@ -36,12 +36,8 @@ How a cell is read
 
 Mutation heuristic
 ------------------
-A name the cell did not definitely bind itself is in ``mutates`` when the cell assigns or deletes an
-item or attribute through it (``df["a"] = 1``, ``model.coef_ = w``, ``del d[k]``, ``x.a += 1``), calls a
-method from ``_MUTATING_METHODS`` on it or any method with ``inplace=True`` (the receiver's root name:
-``df["a"].fillna(0, inplace=True)`` mutates ``df``), passes it first to a function from
-``_IN_PLACE_FUNCTIONS`` (``np.random.shuffle(x)``, ``heapq.heappush(h, v)``) or as ``out=``. Module names
-can appear (``pd.options.display.max_rows = 9`` mutates ``pd``): intersect with the step's inputs.
+See ``mutations``: what the cell changes in place (``mutates``), what it calls methods of unknown
+effect on (``may_mutate``), what it passes to functions defined elsewhere (``calls``).
 
 File paths are best effort: string literals given to ``open``, ``pathlib.Path(...)`` methods and the
 readers and writers in ``_READERS``/``_WRITERS``, plus ``%%writefile`` and ``%run``; normalised with
@@ -56,12 +52,20 @@ branches and loops), ``expressions``, ``analyzer`` (one cell) and ``sequence`` (
 """
 
 from converter.notebook.analysis.analyzer import analyze_cell
-from converter.notebook.analysis.results import BUILTIN_NAMES, CellAnalysis, CellSyntaxError
+from converter.notebook.analysis.results import (
+    BUILTIN_NAMES,
+    ArgumentEffects,
+    CallSite,
+    CellAnalysis,
+    CellSyntaxError,
+)
 from converter.notebook.analysis.sequence import analyze_sequence
 from converter.notebook.analysis.transform import transform
 
 __all__ = [
     "BUILTIN_NAMES",
+    "ArgumentEffects",
+    "CallSite",
     "CellAnalysis",
     "CellSyntaxError",
     "analyze_cell",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from types import MappingProxyType
 
 from converter.notebook.analysis.expressions import _Expressions
 from converter.notebook.analysis.results import BUILTIN_NAMES, CellAnalysis, CellSyntaxError, _frozen_map
@@ -35,6 +36,11 @@ class _CellAnalyzer(_Expressions):
                 {n: i.mutates - BUILTIN_NAMES for n, i in functions.items() if i.mutates - BUILTIN_NAMES}
             ),
             function_assigns=_frozen_map({n: i.assigns for n, i in functions.items() if i.assigns}),
+            may_mutate=frozenset(self.may_mutate - self.mutates - BUILTIN_NAMES),
+            calls=MappingProxyType({n: tuple(sites) for n, sites in sorted(self.calls.items())}),
+            mutating_functions=MappingProxyType(
+                {n: i.arguments for n, i in sorted(functions.items()) if i.arguments is not None}
+            ),
         )
 
 

@@ -35,6 +35,54 @@ def _frozen_map(items: Mapping[str, frozenset[str]]) -> Mapping[str, frozenset[s
 
 
 @dataclass(frozen=True)
+class CallSite:
+    """A call's arguments by the root name of each (`f(df, d["k"], key=x)`: df, d, key x)."""
+
+    positional: tuple[str | None, ...]  # None: not rooted in a name of interest
+    keywords: tuple[tuple[str | None, str | None], ...]  # (keyword, None for **mapping; root)
+    starred: bool = False  # a *args among them: positions are unknown
+
+    def roots(self) -> frozenset[str]:
+        return frozenset(r for r in [*self.positional, *(r for _, r in self.keywords)] if r is not None)
+
+
+@dataclass(frozen=True)
+class ArgumentEffects:
+    """Which of a function's parameters its body may change in place, and how calls bind them."""
+
+    positional: tuple[str, ...]  # positional parameters in order
+    changed: frozenset[str]  # parameters that may be changed in place
+    vararg: str | None = None
+    kwarg: str | None = None
+
+    def changed_by(self, call: CallSite) -> frozenset[str]:
+        """The root names of the arguments of `call` that may be changed."""
+        found = set()
+        for index, root in enumerate(call.positional):
+            if index < len(self.positional) and not call.starred:
+                hit = self.positional[index] in self.changed
+            else:
+                hit = call.starred or self.vararg in self.changed
+            if root is not None and hit:
+                found.add(root)
+        for key, root in call.keywords:
+            hit = (
+                key is None
+                or key in self.changed
+                or (key not in self.positional and self.kwarg in self.changed)
+            )
+            if root is not None and hit:
+                found.add(root)
+        return frozenset(found)
+
+    def merge(self, other: ArgumentEffects | None) -> ArgumentEffects:
+        """Either definition may be the one called (defined on some paths only)."""
+        if other is None:
+            return self
+        return ArgumentEffects(self.positional, self.changed | other.changed, self.vararg, self.kwarg)
+
+
+@dataclass(frozen=True)
 class CellAnalysis:
     """What one cell (or a sequence of cells run in order) does to the global namespace."""
 
@@ -59,6 +107,15 @@ class CellAnalysis:
     function_assigns: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: _frozen_map({}), hash=False
     )  # function -> names a call binds through `global` (only non-empty entries)
+    # Names from outside the cell it calls a method on whose effect is unknown (not known to change
+    # the receiver, nor known to leave it alone): the reader treats them as changed.
+    may_mutate: frozenset[str] = frozenset()
+    calls: Mapping[str, tuple[CallSite, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )  # function defined outside the cell -> its calls (arguments: names from outside the cell)
+    mutating_functions: Mapping[str, ArgumentEffects] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )  # functions of the cell that may change an argument in place -> which
 
 
 class _FunctionInfo(NamedTuple):
@@ -67,3 +124,4 @@ class _FunctionInfo(NamedTuple):
     reads: frozenset[str]
     mutates: frozenset[str]
     assigns: frozenset[str]
+    arguments: ArgumentEffects | None = None  # the arguments it may change in place (None: none)

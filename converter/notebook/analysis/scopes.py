@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from converter.notebook.analysis.nodes import _root_name
-from converter.notebook.analysis.results import BUILTIN_NAMES, _FunctionInfo
+from converter.notebook.analysis.results import BUILTIN_NAMES, ArgumentEffects, CallSite, _FunctionInfo
 
 
 class _State:
@@ -68,7 +68,7 @@ class _FunctionFrame:
 
     __slots__ = (
         "bound", "comprehension", "declared_global", "declared_nonlocal", "global_assigns",
-        "loaded", "mutated", "parent",
+        "kwarg", "loaded", "mutated", "params", "parent", "positional", "vararg",
     )  # fmt: skip
 
     def __init__(self, parent: _Frame, comprehension: bool = False) -> None:
@@ -80,13 +80,24 @@ class _FunctionFrame:
         self.declared_global: set[str] = set()
         self.declared_nonlocal: set[str] = set()
         self.global_assigns: set[str] = set()
+        self.params: set[str] = set()
+        self.positional: list[str] = []
+        self.vararg: str | None = None
+        self.kwarg: str | None = None
 
     def close(self) -> _FunctionInfo:
         return _FunctionInfo(
             frozenset(self.loaded - self.bound),
             frozenset(self.mutated - self.bound),
             frozenset(self.global_assigns),
+            self._arguments(),
         )
+
+    def _arguments(self) -> ArgumentEffects | None:
+        changed = self.mutated & self.params
+        if not changed:
+            return None
+        return ArgumentEffects(tuple(self.positional), frozenset(changed), self.vararg, self.kwarg)
 
 
 _Frame = _ModuleFrame | _ClassFrame | _FunctionFrame
@@ -158,6 +169,8 @@ class _Scopes:
         self.strong_reads: set[str] = set()
         self.weak_reads: set[str] = set()
         self.mutates: set[str] = set()
+        self.may_mutate: set[str] = set()  # see CellAnalysis.may_mutate
+        self.calls: dict[str, list[CallSite]] = {}  # see CellAnalysis.calls
         self.imports: set[str] = set()
         self.modules: set[str] = set()
         self.star_imports: set[str] = set()
@@ -237,6 +250,17 @@ class _Scopes:
         elif name not in self._state.definite:
             self.mutates.add(name)
 
+    def _may_mutate(self, node: ast.expr) -> None:
+        """A method of unknown effect is called on `node`: its root may change (in a function: it does)."""
+        root = _root_name(node)
+        frame = None if root is None else self._scope_of(root, None)
+        if root is None or frame is None:
+            return
+        if isinstance(frame, _FunctionFrame):
+            frame.mutated.add(root)
+        elif root not in self._state.definite:
+            self.may_mutate.add(root)
+
     def _mutate_root(self, node: ast.expr) -> None:
         root = _root_name(node)
         if root is not None:
@@ -278,7 +302,10 @@ class _Scopes:
         if info is not None and previous is not None and not replaces:
             # Defined on some paths only: a call may reach either definition.
             self.functions[name] = _FunctionInfo(
-                previous.reads | info.reads, previous.mutates | info.mutates, previous.assigns | info.assigns
+                previous.reads | info.reads,
+                previous.mutates | info.mutates,
+                previous.assigns | info.assigns,
+                info.arguments.merge(previous.arguments) if info.arguments else previous.arguments,
             )
         elif info is not None:
             self.functions[name] = info

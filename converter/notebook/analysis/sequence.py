@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 
-from converter.notebook.analysis.results import BUILTIN_NAMES, CellAnalysis, _frozen_map, _FunctionInfo
+from converter.notebook.analysis.results import (
+    BUILTIN_NAMES,
+    CallSite,
+    CellAnalysis,
+    _frozen_map,
+    _FunctionInfo,
+)
 
 
 def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
@@ -19,6 +26,8 @@ def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
     strong: set[str] = set()
     weak: set[str] = set()
     mutates: set[str] = set()
+    may_mutate: set[str] = set()
+    calls: dict[str, list[CallSite]] = {}
     imports: set[str] = set()
     functions: dict[str, _FunctionInfo] = {}
 
@@ -39,6 +48,15 @@ def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
         for name in sorted(cell.reads):
             read(name, name in cell.weak_reads, cell, expanded)
         mutates.update(m for m in cell.mutates if m not in definite)
+        may_mutate.update(m for m in cell.may_mutate if m not in definite)
+        for callee, sites in cell.calls.items():
+            for site in sites:
+                site = _outside(site, definite)
+                if callee in functions:  # defined by an earlier cell of the sequence: we know what it does
+                    effects = functions[callee].arguments
+                    mutates.update(effects.changed_by(site) if effects else ())
+                elif callee not in maybe and site.roots():  # else bound earlier by an import or assignment
+                    calls.setdefault(callee, []).append(site)
         maybe |= cell.assigns
         definite |= cell.assigns - cell.conditional_assigns
         imports = (imports - cell.assigns) | cell.imports
@@ -48,6 +66,7 @@ def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
                     cell.functions[name],
                     cell.function_mutates.get(name, frozenset()),
                     cell.function_assigns.get(name, frozenset()),
+                    cell.mutating_functions.get(name),
                 )
             elif name not in cell.conditional_assigns:
                 functions.pop(name, None)
@@ -70,4 +89,20 @@ def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
         conditional_assigns=frozenset(maybe - definite),
         function_mutates=_frozen_map({n: i.mutates for n, i in final.items() if i.mutates}),
         function_assigns=_frozen_map({n: i.assigns for n, i in final.items() if i.assigns}),
+        may_mutate=frozenset(may_mutate - mutates),
+        calls=MappingProxyType({n: tuple(sites) for n, sites in sorted(calls.items())}),
+        mutating_functions=MappingProxyType(
+            {n: i.arguments for n, i in sorted(final.items()) if i.arguments is not None}
+        ),
+    )
+
+
+def _outside(site: CallSite, bound: set[str]) -> CallSite:
+    """The call with the arguments the sequence bound itself left out."""
+
+    def keep(root: str | None) -> str | None:
+        return None if root in bound else root
+
+    return CallSite(
+        tuple(keep(r) for r in site.positional), tuple((k, keep(r)) for k, r in site.keywords), site.starred
     )

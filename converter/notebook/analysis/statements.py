@@ -61,6 +61,13 @@ class _Statements(_Mutations):
         for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
             if arg is not None:
                 self._bind(arg.arg)
+        frame = self._frame
+        if isinstance(frame, _FunctionFrame):
+            frame.params.update(a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs])
+            frame.positional = [a.arg for a in [*args.posonlyargs, *args.args]]
+            frame.vararg = args.vararg.arg if args.vararg else None
+            frame.kwarg = args.kwarg.arg if args.kwarg else None
+            frame.params.update(n for n in (frame.vararg, frame.kwarg) if n)
 
     def _lambda(self, node: ast.Lambda) -> _FunctionInfo:
         self._defaults(node.args)
