@@ -519,16 +519,21 @@ def test_debug_loads_the_inputs_and_the_inserted_cell_reproduces_the_error(page:
         "skip"
     ]
     assert "scaled = mean / divisor" in code["source"] and code["tags"] == ["skip"]
+    # the step's inputs are in the kernel: `values` from step load-data, the parameter `divisor`
     loaded = page.evaluate(
-        "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute("
-        "{code: 'print(values, divisor)'}).done.then(() => null)"
+        """() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute(
+            {code: '', silent: true, user_expressions: {values: 'values', divisor: 'divisor'}}).done
+            .then(reply => Object.fromEntries(Object.entries(reply.content.user_expressions)
+                .map(([name, value]) => [name, value.data['text/plain']])))"""
     )
-    assert loaded is None
+    assert loaded == {"values": "[3, 4, 5]", "divisor": "0"}
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-cell')")  # the inserted cell
-    error = (
-        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(6).locator(".jp-OutputArea-output")
+    page.wait_for_function(
+        """() => window.jupyterapp.shell.currentWidget.content.widgets[6].model.outputs.toJSON()
+            .some(output => output.output_type === 'error' && output.ename === 'ZeroDivisionError')""",
+        timeout=TIMEOUT_MS,
     )
-    playwright_sync.expect(error).to_contain_text("ZeroDivisionError", timeout=TIMEOUT_MS)
+    page.locator(f"{SHOWN} .jp-Cell").nth(6).scroll_into_view_if_needed()
     _docs_shot(page, "debug")
 
 
