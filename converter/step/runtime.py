@@ -607,7 +607,10 @@ class _Step:
     def _save_outputs(self, outputs: dict[str, str]) -> None:
         serve = self.spec.get("serve")
         if serve and serve["output"] in outputs:
-            chosen = self._served_model(serve)
+            try:  # choose_model is in the program only where needed (converter/step/model_choice.py)
+                chosen = globals()["choose_model"](self.ns, serve)
+            except ValueError as error:
+                raise StepFailed(str(error)) from None
             print(f"cellpipe: serving {chosen!r} as the {serve['framework']} model", file=sys.stderr)
             save_value(self.ns[chosen], outputs.pop(serve["output"]))
         for name, path in outputs.items():
@@ -618,21 +621,6 @@ class _Step:
             except Exception as error:
                 kind = type(self.ns[name]).__name__
                 raise StepFailed(f"cannot save output {name!r} ({kind}) to {path}: {error}") from None
-
-    def _served_model(self, serve: dict[str, Any]) -> str:
-        """The one value among the step's that is a model of the served framework (fitted ones first)."""
-        framework = serve["framework"]
-        values = [n for n in serve["candidates"] if n in self.ns and _is_model(self.ns[n], framework)]
-        fitted = [n for n in values if _fitted(self.ns[n])] if framework == "sklearn" else []
-        chosen = fitted or values
-        if len(chosen) == 1:
-            return str(chosen[0])
-        tag = f"serve:{framework}"
-        if not chosen:
-            names = ", ".join(serve["candidates"])
-            raise StepFailed(f"{tag}: none of {names} is a {framework} model; tag the step {tag}:VARIABLE")
-        names = ", ".join(chosen)
-        raise StepFailed(f"{tag}: {names} are all {framework} models; name one: {tag}:{chosen[0]}")
 
     def _write_metrics(self, args: dict[str, Any]) -> None:
         values: dict[str, int | float | bool] = {}
@@ -693,37 +681,6 @@ class _Step:
                 css = "cell" if done else "cell skipped"
                 parts.append(f'<div class="{css}"><div class="head">{head}</div>{body}</div>')
         return "".join(parts) + "</body></html>\n"
-
-
-def _is_model(value: Any, framework: str) -> bool:
-    """Is `value` a model a serve:FRAMEWORK step can serve? Frameworks not imported cannot have made it."""
-    if isinstance(value, type | types.ModuleType):
-        return False
-    if framework == "sklearn":
-        base = sys.modules.get("sklearn.base")
-        return (
-            base is not None
-            and isinstance(value, base.BaseEstimator)
-            and callable(getattr(value, "predict", None))
-        )
-    if framework == "xgboost":
-        xgb = sys.modules.get("xgboost")
-        return xgb is not None and isinstance(value, xgb.Booster | xgb.XGBModel)
-    if framework == "pytorch":
-        torch = sys.modules.get("torch")
-        return torch is not None and isinstance(value, torch.nn.Module)
-    return callable(getattr(value, "predict", None))  # custom: the user's predictor calls predict()
-
-
-def _fitted(value: Any) -> bool:
-    """A scikit-learn estimator that was fitted (an unfitted template loses to the fitted model)."""
-    import sklearn.utils.validation as validation
-
-    try:
-        validation.check_is_fitted(value)
-    except Exception:
-        return False
-    return True
 
 
 def _write(path: str, text: str) -> None:

@@ -88,7 +88,10 @@ def step_tail(pipeline: Pipeline, step: Step) -> str:
 
     Laid out for people: cell code appears as code blocks, not as escaped one-liners.
     """
-    lines = ["", "SPEC = {"]
+    lines = [""]
+    if step.model_candidates:  # the runtime chooses the served model among the step's values
+        lines += [model_choice_source(), ""]
+    lines += ["SPEC = {"]
     for key, value in spec(pipeline, step).items():
         if key == "cells":
             lines.append('    "cells": [')
@@ -130,6 +133,13 @@ def packed(source: str) -> str:
 
     blob = base64.b85encode(zlib.compress(source.encode("utf-8"), 9)).decode("ascii")
     return f"import base64, zlib\nexec(zlib.decompress(base64.b85decode({blob!r})))\n"
+
+
+@functools.cache
+def model_choice_source() -> str:
+    """`converter/step/model_choice.py` without its module header (the runtime's imports cover it)."""
+    source = (Path(__file__).parent / "model_choice.py").read_text(encoding="utf-8")
+    return source[source.index("\ndef ") + 1 :]
 
 
 @functools.cache
