@@ -21,9 +21,11 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from jupyter_ext.server import cells, results
+    from jupyter_ext.server.endpoints import Cellpipe, KfpEndpoints
     from jupyter_ext.server.handlers import setup
 
-    setup(serverapp.web_app, serverapp.root_dir, [*cells.HANDLERS, *results.HANDLERS])
+    endpoints = KfpEndpoints(Cellpipe(parent=serverapp).kfp_endpoints, serverapp.log)
+    setup(serverapp.web_app, serverapp.root_dir, [*cells.HANDLERS, *results.HANDLERS], endpoints)
     serverapp.log.info("cellpipe: REST API at %scellpipe/api/", serverapp.base_url)
 
 

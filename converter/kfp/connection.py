@@ -146,20 +146,39 @@ def load_config(path: Path) -> dict[str, Any]:
         raise CellpipeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if data is None:
         return {}
+    return check_settings(data, path)
+
+
+def check_settings(data: object, where: str | Path) -> dict[str, Any]:
+    """`data` as connection settings (the config file's keys), or a CellpipeError naming `where`."""
     if not isinstance(data, dict):
-        raise CellpipeError(f"{path}: the KFP config holds key: value settings, not a {type(data).__name__}")
+        raise CellpipeError(f"{where}: the KFP config holds key: value settings, not a {type(data).__name__}")
     if "token" in data or "cookie" in data:
         raise CellpipeError(
-            f"{path}: keep credentials out of the config file: name a file holding them with "
+            f"{where}: keep credentials out of the config file: name a file holding them with "
             f"token_file / cookie_file, or set {TOKEN_ENV} / {COOKIE_ENV}"
         )
     unknown = sorted(set(map(str, data)) - _CONFIG_KEYS)
     if unknown:
         raise CellpipeError(
-            f"{path}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
+            f"{where}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
             f"(known: {', '.join(sorted(_CONFIG_KEYS))})"
         )
     return data
+
+
+def named_endpoint(name: str, settings: Mapping[str, Any]) -> Connection:
+    """The connection of a named endpoint (the Jupyter server's ``c.Cellpipe.kfp_endpoints``).
+
+    Built from its own settings only, never from the environment or the config file: its host is
+    the one its settings name, and the only credentials it sends are the ones they name
+    (token_file, cookie_file, or the in-cluster token with ``auth: in-cluster``).
+    """
+    where = f"KFP endpoint {name!r}"
+    config = check_settings(dict(settings), where)
+    if not _str(config, "host", where):
+        raise CellpipeError(f"{where}: host is required")
+    return resolve(env={}, settings=config, source=where)
 
 
 def resolve(
@@ -169,11 +188,20 @@ def resolve(
     auth: str | None = None,
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    source: str | None = None,
 ) -> Connection:
-    """The connection flags, environment and config file describe; CellpipeError when it is incomplete."""
+    """The connection flags, environment and config file describe; CellpipeError when it is incomplete.
+
+    `settings` (checked, see `check_settings`) stand in for the config file; `source` names them in messages.
+    """
     env = os.environ if env is None else env
-    path = config_file if config_file is not None else config_path(env)
-    config = load_config(path)
+    path: str | Path
+    if settings is not None:
+        path, config = source or "the KFP settings", dict(settings)
+    else:
+        path = config_file if config_file is not None else config_path(env)
+        config = load_config(path)
     token_file = Path(env.get(SA_TOKEN_PATH_ENV) or IN_CLUSTER_TOKEN_FILE)
 
     mode = auth or _str(config, "auth", path)
@@ -242,7 +270,7 @@ def resolve(
     )
 
 
-def _str(config: Mapping[str, Any], key: str, path: Path) -> str | None:
+def _str(config: Mapping[str, Any], key: str, path: str | Path) -> str | None:
     value = config.get(key)
     if value is None:
         return None
@@ -251,7 +279,7 @@ def _str(config: Mapping[str, Any], key: str, path: Path) -> str | None:
     return value.strip()
 
 
-def _secret_from(config: Mapping[str, Any], key: str, path: Path) -> str | None:
+def _secret_from(config: Mapping[str, Any], key: str, path: str | Path) -> str | None:
     name = _str(config, key, path)
     return _read_secret(Path(name).expanduser(), f"{key} named in {path}") if name else None
 

@@ -42,6 +42,7 @@ from converter.store.runstore import RunRecord, RunStore
 from converter.store.workspace import Workspace
 from jupyter_ext.metrics import RunMetrics
 from jupyter_ext.runs import LiveRun, LiveRuns
+from jupyter_ext.server.endpoints import KfpEndpoints
 
 AUTH_RESOURCE = "cellpipe"
 API_PREFIX = "cellpipe/api"
@@ -73,6 +74,7 @@ class Service:
     root: Path
     workspace: Workspace
     runs: LiveRuns = field(default_factory=LiveRuns)
+    kfp_endpoints: KfpEndpoints = field(default_factory=lambda: KfpEndpoints({}))
     metrics: RunMetrics = field(default_factory=RunMetrics)
     # One worker: reading and compiling notebooks stays off the event loop, and the KFP compiler,
     # which patches module state while it works, never runs twice at once.
@@ -437,11 +439,15 @@ class RunsHandler(CellpipeHandler):
     @web.authenticated
     @authorized(action="execute")
     async def post(self) -> None:
-        body = self.body({"path": str}, {"parameters": dict, "engine": str, "use_cache": bool})
+        optional = {"parameters": dict, "engine": str, "use_cache": bool, "endpoint": str}
+        body = self.body({"path": str}, optional)
         path, pipeline = await self.pipeline(body["path"])
         try:
             parameters = typed_values(pipeline, body.get("parameters", {}))
-            engine = get_engine(body.get("engine", "local"))
+            name = body.get("engine", "local")
+            # A KFP endpoint only by name: a browser never names a host the server would send a token to.
+            options = self.service.kfp_endpoints.engine_options(name, body.get("endpoint"))
+            engine = get_engine(name, **options)
         except CellpipeError as error:
             raise ApiError(400, str(error)) from None
         request = RunRequest(
@@ -593,6 +599,15 @@ class EventsHandler(CellpipeHandler):
                 await self.flush()
 
 
+class KfpEndpointsHandler(CellpipeHandler):
+    """The server's named KFP endpoints (`jupyter_ext.server.endpoints`), without credentials."""
+
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self) -> None:
+        self.write_json({"endpoints": self.service.kfp_endpoints.listing()})
+
+
 class MetricsHandler(CellpipeHandler):
     @web.authenticated
     @authorized(action="read")
@@ -605,9 +620,18 @@ class MetricsHandler(CellpipeHandler):
 # ---------------------------------------------------------------------- wiring
 
 
-def setup(web_app: Any, root_dir: str, more: Sequence[tuple[str, type]] = ()) -> Service:
+def setup(
+    web_app: Any,
+    root_dir: str,
+    more: Sequence[tuple[str, type]] = (),
+    kfp_endpoints: KfpEndpoints | None = None,
+) -> Service:
     """Add the API to a running server's tornado application (`more`: patterns under the API prefix)."""
-    service = Service(root=Path(os.path.expanduser(root_dir)), workspace=Workspace.default())
+    service = Service(
+        root=Path(os.path.expanduser(root_dir)),
+        workspace=Workspace.default(),
+        kfp_endpoints=kfp_endpoints or KfpEndpoints({}),
+    )
     web_app.settings["cellpipe"] = service
     base = url_path_join(web_app.settings["base_url"], API_PREFIX)
     run_id = RUN_ID
@@ -621,6 +645,7 @@ def setup(web_app: Any, root_dir: str, more: Sequence[tuple[str, type]] = ()) ->
             (url_path_join(base, "runs", run_id), RunHandler),
             (url_path_join(base, "runs", run_id, "events"), EventsHandler),
             (url_path_join(base, "metrics"), MetricsHandler),
+            (url_path_join(base, "kfp", "endpoints"), KfpEndpointsHandler),
         ]
         + [(url_path_join(base, pattern), handler) for pattern, handler in more],
     )

@@ -95,12 +95,26 @@ export async function compile(path: string): Promise<{ yaml: string; filename: s
   return { yaml: await response.text(), filename };
 }
 
+/** The server's named KFP endpoints (`c.Cellpipe.kfp_endpoints`); never their credentials. */
+export interface KfpEndpoint {
+  name: string;
+  host: string;
+  namespace: string | null;
+  experiment: string | null;
+}
+
+export async function kfpEndpoints(): Promise<KfpEndpoint[]> {
+  return (await (await call('kfp/endpoints')).json()).endpoints;
+}
+
+/** Starts a run; `endpoint` (KFP only) is the name of one of the server's endpoints, never a host. */
 export async function startRun(
   path: string,
   engine: string,
-  parameters: { [name: string]: unknown }
+  parameters: { [name: string]: unknown },
+  endpoint = ''
 ): Promise<RunRecord> {
-  return (await post('runs', { path, engine, parameters })).json();
+  return (await post('runs', { path, engine, parameters, ...(endpoint ? { endpoint } : {}) })).json();
 }
 
 export async function listRuns(limit = 20): Promise<RunRecord[]> {

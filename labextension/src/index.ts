@@ -22,7 +22,7 @@ interface ICellpipe {
   cells: CellsStates;
   panel: PipelinePanel;
   results: RunResults;
-  setting: (name: 'kfpHost' | 'namespace' | 'defaultImage') => string;
+  setting: (name: 'kfpEndpoint' | 'defaultImage') => string;
 }
 
 const ICellpipe = new Token<ICellpipe>('cellpipe-labextension:ICellpipe', 'the shared pipeline states and settings');
@@ -45,7 +45,7 @@ const pipeline: JupyterFrontEndPlugin<ICellpipe> = {
     if (registry) {
       void registry.load(pipeline.id).then(settings => {
         const read = (): void => {
-          for (const name of ['kfpHost', 'namespace', 'defaultImage']) {
+          for (const name of ['kfpEndpoint', 'defaultImage']) {
             values[name] = String(settings.get(name).composite ?? '');
           }
         };
@@ -60,7 +60,7 @@ const pipeline: JupyterFrontEndPlugin<ICellpipe> = {
     panel = new PipelinePanel(
       tracker,
       states,
-      () => ({ kfpHost: setting('kfpHost'), namespace: setting('namespace') }),
+      () => ({ kfpEndpoint: setting('kfpEndpoint') }),
       (container, run) => results.render(container, run)
     );
     panel.title.label = 'Pipeline';

@@ -12,8 +12,7 @@ import { RunEvent, StepState, applyEvent, isFinal, layoutGraph } from './layout'
 import type { PipelineState, PipelineStates } from './state';
 
 export interface PanelSettings {
-  kfpHost: string;
-  namespace: string;
+  kfpEndpoint: string; // the name of one of the server's KFP endpoints; empty: its default connection
 }
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -35,6 +34,7 @@ class RunView {
   states: { [step: string]: StepState } = {};
   logs: { [step: string]: string[] } = {};
   metrics: { [name: string]: number } = {};
+  url: string | null = null; // the run's page in the KFP UI (a KFP run's run_started data)
   lastSeq = 0;
   stop: (() => void) | null = null;
 
@@ -46,7 +46,9 @@ class RunView {
     this.lastSeq = event.seq;
     this.states = applyEvent(this.states, event);
     if (event.type === 'run_started') {
-      const steps = (event.data as { steps?: string[] } | undefined)?.steps ?? [];
+      const data = event.data as { steps?: string[]; url?: string } | undefined;
+      const steps = data?.steps ?? [];
+      this.url = data?.url ?? null;
       for (const step of steps) {
         this.states[step] ??= 'pending';
       }
@@ -169,7 +171,10 @@ export class PipelinePanel extends Widget {
         if (parameters === null) {
           return;
         }
-        const run = await api.startRun(state.path, action === 'run' ? 'local' : 'kfp', parameters);
+        const run =
+          action === 'run'
+            ? await api.startRun(state.path, 'local', parameters)
+            : await api.startRun(state.path, 'kfp', parameters, this.settings().kfpEndpoint);
         this.status(`Started run ${run.id}.`);
         this.follow(new RunView(run));
         this.selected = run.id;
@@ -186,6 +191,23 @@ export class PipelinePanel extends Widget {
     }
   }
 
+  /** Where Submit to KFP goes: the endpoint the settings name, as the server describes it. */
+  private async describeEndpoint(): Promise<string> {
+    const name = this.settings().kfpEndpoint;
+    if (!name) {
+      return "KFP: the server's default connection";
+    }
+    try {
+      const endpoint = (await api.kfpEndpoints()).find(e => e.name === name);
+      if (!endpoint) {
+        return `KFP endpoint ${name}: not one of the server's endpoints`;
+      }
+      return `KFP endpoint ${name}: ${endpoint.host}` + (endpoint.namespace ? `, namespace ${endpoint.namespace}` : '');
+    } catch {
+      return `KFP endpoint ${name}`;
+    }
+  }
+
   /** A dialog with one box per pipeline parameter, holding the parameters cell's values. */
   private async askParameters(state: PipelineState): Promise<{ [name: string]: unknown } | null> {
     if (!state.graph) {
@@ -193,10 +215,8 @@ export class PipelinePanel extends Widget {
     }
     const parameters = state.graph?.parameters ?? [];
     const body = new Widget();
-    const { kfpHost, namespace } = this.settings();
     const where = document.createElement('p');
-    where.textContent =
-      `KFP: ${kfpHost || "the server's configured host"}` + (namespace ? `, namespace ${namespace}` : '');
+    where.textContent = await this.describeEndpoint();
     body.node.appendChild(where);
     const inputs = new Map<string, HTMLInputElement>();
     for (const parameter of parameters) {
@@ -408,9 +428,9 @@ export class PipelinePanel extends Widget {
     heading.textContent = `Run ${view.record.id}: ${view.state}`;
     details.appendChild(heading);
     this.results?.(details, { id: view.record.id, state: view.state });
-    if (view.record.remote_id && this.settings().kfpHost) {
+    if (view.record.remote_id && view.url) {
       const link = document.createElement('a');
-      link.href = `${this.settings().kfpHost.replace(/\/$/, '')}/#/runs/details/${view.record.remote_id}`;
+      link.href = view.url;
       link.target = '_blank';
       link.rel = 'noopener';
       link.textContent = 'Open in the KFP UI';

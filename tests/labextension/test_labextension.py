@@ -53,7 +53,7 @@ def test_built_extension_is_a_prebuilt_lab_extension() -> None:
     assert (BUILT / meta["jupyterlab"]["_build"]["load"]).is_file()
     assert (BUILT / "static" / "style.js").is_file()
     schema = json.loads((BUILT / "schemas" / NAME / "plugin.json").read_text())
-    assert set(schema["properties"]) == {"kfpHost", "namespace", "defaultImage"}
+    assert set(schema["properties"]) == {"kfpEndpoint", "defaultImage"}
 
 
 def test_jupyter_lists_the_extensions_enabled() -> None:
