@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -31,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import psutil
+
 _READ_SIZE = 1 << 16
 _LONGEST_LINE = 1 << 16  # a line longer than this (a progress bar without newlines) is cut
 _DRAIN_SECONDS = 2.0  # after exit, how long a grandchild that escaped the group may hold the pipes
 _TAIL_LINES = 20
+STEP_MARKER = "CELLPIPE_STEP_PROCESS"  # in every step's environment: "<engine token>/<step#attempt>/"
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class StepProcesses:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._closing = False
         self._server_gone = False
+        self._token = f"{os.getpid()}.{time.time_ns():x}.{id(self):x}"  # tells this run's steps apart
         self._server: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self.server_info: dict[str, Any] = {}  # the fork server's "ready" message: what it preloaded
@@ -157,12 +162,16 @@ class StepProcesses:
             attempt = self._attempts.get(key)
             return None if attempt is None or attempt.exited else attempt.pid
 
+    def _marker(self, key: str) -> str:
+        return f"{self._token}/{key}/"
+
     def close(self) -> None:
-        """Kill every step still running, stop the fork server and the I/O thread."""
+        """Kill every step still running (and all they started), stop the fork server and the I/O thread."""
         with self._lock:
             pids = [a.pid for a in self._attempts.values() if a.pid is not None and not a.exited]
         for pid in pids:
             _killpg(pid)
+        kill_marked(self._token + "/")
         self._closing = True
         self._post(lambda: None)
         self._thread.join(timeout=_DRAIN_SECONDS + 3)
@@ -221,7 +230,7 @@ class StepProcesses:
             "program_path": str(launch.program_path),
             "argv": list(launch.argv),
             "cwd": str(launch.cwd),
-            "env": launch.env,
+            "env": {**launch.env, STEP_MARKER: self._marker(launch.key)},
             "cpus": list(launch.cpus) if launch.cpus else None,
         }
         with contextlib.suppress(OSError):
@@ -233,11 +242,12 @@ class StepProcesses:
             popen = subprocess.Popen(
                 [sys.executable, "-c", launch.program, *launch.argv],
                 cwd=launch.cwd,
-                env={**os.environ, **launch.env},
+                env={**os.environ, **launch.env, STEP_MARKER: self._marker(launch.key)},
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as error:
             attempt.lost = f"cannot start the step process: {error}"
@@ -410,6 +420,7 @@ class StepProcesses:
             pid = attempt.pid
         if pid is not None:
             _killpg(pid)  # what the step left behind ends with it, as in a pod
+        kill_marked(self._marker(key))  # and so does what escaped its group (setsid, daemons)
         self._maybe_done(attempt)
 
     def _maybe_done(self, attempt: _Attempt) -> None:
@@ -419,6 +430,47 @@ class StepProcesses:
             self._attempts.pop(attempt.launch.key, None)
         attempt.log.close()
         self._on_exit(Exit(attempt.launch.key, attempt.code, tuple(attempt.tail), attempt.lost))
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # looked up before any fork: a child between fork and exec must not dlopen
+
+
+def _die_with_parent() -> None:
+    """In a step subprocess before exec: SIGKILL it if the engine dies (SIGKILL, OOM killer), as
+    the fork server's children die with the fork server."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def kill_marked(marker: str) -> int:
+    """SIGKILL every process of this user whose environment has ``STEP_MARKER`` starting with
+    `marker`: a step's descendants, even those that left its process group and session (a daemon,
+    ``Popen(start_new_session=True)``), as long as they keep the environment they inherited. The
+    fork server is a child subreaper, so such processes of forked steps are its children, which it
+    reaps. How many were killed."""
+    killed = 0
+    uid = os.getuid()
+    for process in psutil.process_iter(["uids", "environ"]):
+        try:
+            info = process.info
+            if info["uids"] is None or info["uids"].real != uid or not info["environ"]:
+                continue
+            if str(info["environ"].get(STEP_MARKER, "")).startswith(marker):
+                process.kill()
+                killed += 1
+        except (psutil.Error, OSError):
+            continue
+    return killed
 
 
 def _pipe() -> tuple[int, int]:

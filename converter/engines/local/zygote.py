@@ -128,9 +128,20 @@ def _kill_all(children: dict[int, str]) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
+def _become_subreaper() -> None:
+    """Linux: processes a step leaves behind (setsid'd daemons) become our children when their
+    parent exits, rather than init's: they stay findable, and we reap them once the engine has
+    killed them (it finds them by the marker in their environment)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
 def serve(control_fd: int, preload: list[str]) -> None:
     """Preload, then fork children on request until the engine closes the socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    _become_subreaper()
     sock = socket.socket(fileno=control_fd)
     summary = _preload(preload)
     for failure in summary["failed"]:
@@ -154,7 +165,7 @@ def serve(control_fd: int, preload: list[str]) -> None:
                     pass
             except BlockingIOError:
                 pass
-        while children:
+        while True:  # steps, and what they left behind (we are their subreaper)
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
