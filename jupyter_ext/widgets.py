@@ -22,7 +22,6 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from IPython.display import display, update_display
 from converter.engines.base import RunRequest
 from converter.engines.registry import available, get_engine
 from converter.errors import CellpipeError
-from converter.events import FINAL_STEP_STATES, STEP_STATE_AFTER, Event
+from converter.events import FINAL_RUN_STATES, FINAL_STEP_STATES, Event, RunView, StepView
 from converter.model import Parameter
 from converter.notebook.parameters import parameter_values, typed_values
 from converter.notebook.reader import read_notebook
@@ -55,7 +54,6 @@ STATE_COLOURS = {
     "cancelled": ("#f3e5f5", "#8e24aa"),
 }
 RUN_BAR_STYLE = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
-FINAL_RUN_STATES = frozenset(RUN_BAR_STYLE)
 
 
 def _seconds(value: float) -> str:
@@ -90,24 +88,10 @@ class RunMonitor:
     """Live view of one run, fed with its events by `feed` from any thread."""
 
     def __init__(self, cancel: Callable[[], None] | None = None):
-        self.run_id: str | None = None
-        self.pipeline = ""
-        self.engine = ""
+        self.view = RunView(log_lines=LOG_TAIL_LINES)  # the run as its events left it
         self.url: str | None = None
-        self.state = "starting"  # then running, succeeded, failed or cancelled
-        self.message: str | None = None
-        self.steps: list[str] = []
         self.upstream: dict[str, list[str]] = {}
-        self.metrics: dict[tuple[str, str], float] = {}
         self.events_applied = 0
-        self._step_states: dict[str, str] = {}
-        self._attempts: dict[str, int] = {}
-        self._messages: dict[str, str] = {}
-        self._began: dict[str, float] = {}  # step -> start time of its current attempt
-        self._took: dict[str, float] = {}  # step -> duration of its finished attempt
-        self._logs: dict[str, deque[str]] = {}
-        self._run_began: float | None = None
-        self._run_took: float | None = None
         self._cancel = cancel
         self._lock = threading.Lock()  # guards the state above between the monitor thread and readers
         self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -165,14 +149,47 @@ class RunMonitor:
         return self._done.is_set()
 
     @property
+    def run_id(self) -> str | None:
+        return self.view.run_id or None
+
+    @property
+    def pipeline(self) -> str:
+        return self.view.pipeline
+
+    @property
+    def engine(self) -> str:
+        return self.view.engine
+
+    @property
+    def state(self) -> str:
+        """starting, running, then succeeded, failed or cancelled."""
+        return self.view.state
+
+    @property
+    def message(self) -> str | None:
+        return self.view.message
+
+    @property
+    def steps(self) -> list[str]:
+        with self._lock:
+            return list(self.view.steps)
+
+    @property
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """(step, metric name) -> value; the step is "" for metrics of the run itself."""
+        with self._lock:
+            return {(s, n): v for s, values in self.view.step_metrics.items() for n, v in values.items()}
+
+    @property
     def step_states(self) -> dict[str, str]:
         """Each step's state as the monitor shows it."""
         with self._lock:
-            return dict(self._step_states)
+            return {name: step.state for name, step in self.view.steps.items()}
 
     def log_tail(self, step: str) -> list[str]:
         with self._lock:
-            return list(self._logs.get(step, ()))
+            view = self.view.steps.get(step)
+            return list(view.log) if view is not None else []
 
     # ------------------------------------------------------------------ the monitor's thread
 
@@ -206,60 +223,24 @@ class RunMonitor:
     def _apply(self, event: Event) -> None:
         with self._lock:
             self.events_applied += 1
+            self.view.apply(event)
             if event.type == "run_started":
                 data = event.data or {}
-                self.run_id, self._run_began, self.state = event.run_id, event.time, "running"
-                self.pipeline = str(data.get("pipeline", ""))
-                self.engine = str(data.get("engine", ""))
                 self.url = data.get("url")
-                self.steps = [str(name) for name in data.get("steps", [])]
                 self.upstream = {str(k): list(v) for k, v in dict(data.get("upstream", {})).items()}
-                for name in self.steps:
-                    self._step_states.setdefault(name, "pending")
-            elif event.type == "run_finished":
-                self.state, self.message, self._run_took = (
-                    event.state or "failed",
-                    event.message,
-                    event.duration,
-                )
-                if self.state == "cancelled":
-                    for name, state in self._step_states.items():
-                        if state not in FINAL_STEP_STATES:
-                            self._step_states[name] = "cancelled"
-            elif event.type == "step_log" and event.step is not None:
-                self._logs.setdefault(event.step, deque(maxlen=LOG_TAIL_LINES)).append(event.line or "")
-            elif event.type == "metrics":
-                for name, value in (event.metrics or {}).items():
-                    self.metrics[(event.step or "", name)] = value
-            if event.step is not None and event.type in STEP_STATE_AFTER:
-                step = event.step
-                if step not in self.steps:
-                    self.steps.append(step)
-                self._step_states[step] = STEP_STATE_AFTER[event.type]
-                if event.attempt is not None:
-                    self._attempts[step] = event.attempt
-                if event.type == "step_started":
-                    self._began[step] = event.time
-                    self._took.pop(step, None)
-                elif event.duration is not None:
-                    self._took[step] = event.duration
-                if event.message:
-                    self._messages[step] = event.message
 
     # ------------------------------------------------------------------ drawing
 
-    def _elapsed(self, step: str, state: str) -> str:
-        if step in self._took and state != "running":
-            return _seconds(self._took[step])
-        if state == "running" and step in self._began:
-            return _seconds(max(0.0, time.time() - self._began[step]))
-        return ""
+    def _elapsed(self, step: StepView) -> str:
+        seconds = step.seconds(time.time())
+        return _seconds(max(0.0, seconds)) if seconds is not None else ""
 
     def _header_html(self) -> str:
-        if self._run_took is not None:
-            elapsed = _seconds(self._run_took)
-        elif self._run_began is not None:
-            elapsed = _seconds(max(0.0, time.time() - self._run_began))
+        run = self.view
+        if run.duration is not None:
+            elapsed = _seconds(run.duration)
+        elif run.started is not None:
+            elapsed = _seconds(max(0.0, time.time() - run.started))
         else:
             elapsed = ""
         _fill, colour = STATE_COLOURS.get(self.state, ("#fff", "#616161"))
@@ -280,13 +261,13 @@ class RunMonitor:
         return f"<div style='font-family:sans-serif'>{' · '.join(parts)}{message}</div>"
 
     def _box_html(self, step: str) -> str:
-        state = self._step_states.get(step, "pending")
+        view = self.view.step(step)
+        state = view.state
         fill, border = STATE_COLOURS.get(state, STATE_COLOURS["pending"])
-        detail = [state]
-        attempt = self._attempts.get(step)
-        if attempt and attempt > 1:
-            detail.append(f"attempt {attempt}")
-        elapsed = self._elapsed(step, state)
+        detail: list[str] = [state]
+        if view.attempt and view.attempt > 1:
+            detail.append(f"attempt {view.attempt}")
+        elapsed = self._elapsed(view)
         if elapsed:
             detail.append(elapsed)
         lines = [f"<b>{html.escape(step)}</b>", f"<small>{html.escape(' · '.join(detail))}</small>"]
@@ -298,7 +279,7 @@ class RunMonitor:
             f"border:2px solid {border};background:{fill};color:#212121;border-radius:6px;"
             "padding:4px 10px;margin:4px;min-width:7em;text-align:center"
         )
-        title = html.escape(self._messages.get(step, ""))
+        title = html.escape(view.message or "")
         return (
             f"<div title='{title}' data-step='{html.escape(step)}' data-state='{state}' style='{style}'>"
             + "<br>".join(lines)
@@ -310,18 +291,19 @@ class RunMonitor:
         row_style = "display:flex;flex-wrap:wrap;justify-content:center"
         rows = [
             f"<div style='{row_style}'>" + "".join(self._box_html(step) for step in row) + "</div>"
-            for row in levels(self.steps, self.upstream)
+            for row in levels(list(self.view.steps), self.upstream)
         ]
         arrow = "<div style='text-align:center;color:#9e9e9e'>↓</div>"
         return "<div style='font-family:sans-serif'>" + arrow.join(rows) + "</div>"
 
     def _metrics_html(self) -> str:
-        if not self.metrics:
+        if not self.view.step_metrics:
             return ""
         cells = "".join(
             f"<tr><td>{html.escape(step)}</td><td>{html.escape(name)}</td>"
             f"<td style='text-align:right'>{value:.6g}</td></tr>"
-            for (step, name), value in self.metrics.items()
+            for step, values in self.view.step_metrics.items()
+            for name, value in values.items()
         )
         return (
             "<table style='font-family:sans-serif;border-collapse:collapse'>"
@@ -331,13 +313,13 @@ class RunMonitor:
     def summary_html(self) -> str:
         """The run as static HTML: what a saved notebook shows where no kernel renders the widget."""
         with self._lock:
-            done = sum(1 for s in self._step_states.values() if s in FINAL_STEP_STATES)
-            counts = f"<div style='font-family:sans-serif'>{done}/{len(self.steps)} steps done</div>"
+            done = sum(1 for s in self.view.steps.values() if s.state in FINAL_STEP_STATES)
+            counts = f"<div style='font-family:sans-serif'>{done}/{len(self.view.steps)} steps done</div>"
             return self._header_html() + self._dag_html() + counts + self._metrics_html()
 
     def summary_text(self) -> str:
         with self._lock:
-            states = ", ".join(f"{name} {self._step_states.get(name, 'pending')}" for name in self.steps)
+            states = ", ".join(f"{name} {step.state}" for name, step in self.view.steps.items())
             return f"cellpipe run {self.run_id or '(starting)'}: {self.state}" + (
                 f" ({states})" if states else ""
             )
@@ -345,9 +327,9 @@ class RunMonitor:
     def _draw(self) -> None:
         with self._lock:
             header, dag, metrics = self._header_html(), self._dag_html(), self._metrics_html()
-            total = len(self.steps)
-            done = sum(1 for s in self._step_states.values() if s in FINAL_STEP_STATES)
-            steps = list(self.steps)
+            total = len(self.view.steps)
+            done = sum(1 for s in self.view.steps.values() if s.state in FINAL_STEP_STATES)
+            steps = list(self.view.steps)
             state = self.state
         self.header.value, self.dag.value, self.metrics_table.value = header, dag, metrics
         self.progress.max = max(total, 1)
@@ -372,9 +354,9 @@ class RunMonitor:
         if self._user_picked:
             return
         with self._lock:
-            running = [s for s in self.steps if self._step_states.get(s) == "running"]
-            failed = [s for s in self.steps if self._step_states.get(s) == "failed"]
-            logged = [s for s in self.steps if s in self._logs]
+            running = [name for name, s in self.view.steps.items() if s.state == "running"]
+            failed = [name for name, s in self.view.steps.items() if s.state == "failed"]
+            logged = [name for name, s in self.view.steps.items() if s.log]
         choices = failed or running or logged
         choice = choices[0] if choices else None
         if choice is not None and choice != self.step_choice.value:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from converter.events import Event, step_states
+from converter.events import Event, RunView
 from converter.outputs import write_file
 
 LOG_TAIL_LINES = 50
@@ -30,47 +29,34 @@ def report(
 
     Without `log_tail`, the step's log lines are taken from the events.
     """
-    states = step_states(list(events), list(steps))
-    durations: dict[str, float] = {}
-    attempts: dict[str, int] = {}
-    messages: dict[str, str] = {}
-    logs: dict[str, deque[str]] = {name: deque(maxlen=LOG_TAIL_LINES) for name in steps}
-    run_time = 0.0
+    run = RunView(steps, log_lines=LOG_TAIL_LINES)
     for event in events:
-        if event.step is not None:
-            if event.duration is not None:
-                durations[event.step] = event.duration
-            if event.attempt is not None:
-                attempts[event.step] = event.attempt
-            if event.message:
-                messages[event.step] = event.message
-            if event.type == "step_log" and event.line is not None:
-                logs.setdefault(event.step, deque(maxlen=LOG_TAIL_LINES)).append(event.line)
-        elif event.type == "run_finished" and event.duration is not None:
-            run_time = event.duration
+        run.apply(event)
+    run_time = run.duration or 0.0
 
     counts = {"tests": len(steps), "failures": 0, "skipped": 0}
     suite = ET.Element("testsuite", name=pipeline_name)
     for name in steps:
-        state = states[name]
+        step = run.steps[name]
+        state = step.state
         case = ET.SubElement(
-            suite, "testcase", classname=pipeline_name, name=name, time=f"{durations.get(name, 0.0):.3f}"
+            suite, "testcase", classname=pipeline_name, name=name, time=f"{step.duration or 0.0:.3f}"
         )
         props = ET.SubElement(case, "properties")
         ET.SubElement(props, "property", name="state", value=state)
-        if name in attempts:
-            ET.SubElement(props, "property", name="attempts", value=str(attempts[name]))
+        if step.attempt is not None:
+            ET.SubElement(props, "property", name="attempts", value=str(step.attempt))
         if state == "cached":
             ET.SubElement(props, "property", name="cached", value="true")
         if state == "failed":
             counts["failures"] += 1
-            tail = log_tail(name) if log_tail is not None else list(logs.get(name, ()))
-            message = _xml_text(messages.get(name, "step failed"))
+            tail = log_tail(name) if log_tail is not None else list(step.log)
+            message = _xml_text(step.message or "step failed")
             failure = ET.SubElement(case, "failure", message=message, type="StepFailed")
             failure.text = _xml_text("\n".join(tail[-LOG_TAIL_LINES:]))
         elif state not in ("succeeded", "cached"):
             counts["skipped"] += 1
-            why = messages.get(name) or f"step {state}"
+            why = step.message or f"step {state}"
             ET.SubElement(case, "skipped", message=_xml_text(why))
     for key, value in counts.items():
         suite.set(key, str(value))

@@ -12,9 +12,7 @@ import json
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from rich.console import Console
@@ -22,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from converter.events import FINAL_STEP_STATES, STEP_STATE_AFTER, Event
+from converter.events import Event, RunView
 
 Mode = Literal["live", "plain", "quiet", "json"]
 ERROR_TAIL_LINES = 20
@@ -36,22 +34,6 @@ _STYLES = {
     "skipped": "magenta",
     "cancelled": "magenta",
 }
-
-
-@dataclass
-class _StepView:
-    state: str = "pending"
-    attempt: int | None = None
-    started: float | None = None
-    duration: float | None = None
-    message: str | None = None
-    last_line: str = ""
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL_LINES))
-
-    def seconds(self, now: float) -> float | None:
-        if self.duration is not None:
-            return self.duration
-        return now - self.started if self.started is not None and self.state == "running" else None
 
 
 def choose_mode(quiet: bool, json_events: bool, stdout: IO[str]) -> Mode:
@@ -72,13 +54,7 @@ class Progress:
     def __init__(self, mode: Mode, steps: Sequence[str] = (), *, stdout: IO[str], stderr: IO[str]) -> None:
         self.mode = mode
         self.stdout, self.stderr = stdout, stderr
-        self.steps: dict[str, _StepView] = {name: _StepView() for name in steps}
-        self.run_id = ""
-        self.pipeline = ""
-        self.state: str | None = None
-        self.finish_message: str | None = None
-        self.run_duration: float | None = None
-        self.metrics: dict[str, float] = {}
+        self.view = RunView(steps, log_lines=ERROR_TAIL_LINES)
         self._start = time.time()
         self._lock = threading.Lock()
         self._console = Console(file=stdout, highlight=False, soft_wrap=False)
@@ -92,7 +68,9 @@ class Progress:
     # -- the sink -------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
         with self._lock:
-            self._fold(event)
+            self.view.apply(event)
+            if event.type == "run_started":
+                self._start = event.time
             if self.mode == "json":
                 self._out(json.dumps(event.to_json(), sort_keys=True) + "\n")
             elif self.mode == "plain":
@@ -129,13 +107,13 @@ class Progress:
             if live is not None:
                 live.stop()  # outside the lock: its refresh thread takes the lock to render
             with self._lock:
-                if self.mode == "json" or not self.run_id:
+                if self.mode == "json" or self.view.started is None:
                     return  # JSON: events only; no run_started: the engine refused the run and says why
                 if self.mode in ("live", "plain"):
                     self._console.print(self._table(final=True))
                 self._print_failures()
                 summary = self.summary()
-                if self.mode == "quiet" and self.state != "succeeded":
+                if self.mode == "quiet" and self.view.state != "succeeded":
                     self._errors.print(summary)
                 else:
                     self._console.print(summary, soft_wrap=True)
@@ -147,53 +125,13 @@ class Progress:
         with self._lock:
             return self._table(final=False)
 
-    # -- folding events into a view -------------------------------------------------------
-    def _fold(self, event: Event) -> None:
-        if event.type == "run_started":
-            self.run_id = event.run_id
-            self._start = event.time
-            data = event.data or {}
-            self.pipeline = str(data.get("pipeline", ""))
-            for name in data.get("steps", []):
-                self.steps.setdefault(str(name), _StepView())
-            return
-        if event.type == "metrics" and event.metrics:
-            self.metrics.update(event.metrics)
-            return
-        if event.type == "run_finished":
-            self.state = event.state
-            self.finish_message = event.message
-            self.run_duration = event.duration
-            if event.state == "cancelled":
-                for view in self.steps.values():
-                    if view.state not in FINAL_STEP_STATES:
-                        view.state = "cancelled"
-            return
-        if event.step is None:
-            return
-        view = self.steps.setdefault(event.step, _StepView())
-        if event.type == "step_log":
-            if event.line is not None:
-                view.last_line = event.line
-                view.tail.append(event.line)
-            return
-        view.state = STEP_STATE_AFTER.get(event.type, view.state)
-        if event.attempt is not None:
-            view.attempt = event.attempt
-        if event.type == "step_started":
-            view.started, view.duration = event.time, None
-        if event.duration is not None:
-            view.duration = event.duration
-        if event.message:
-            view.message = event.message
-
     # -- rendering ---------------------------------------------------------------------
     def _plain_line(self, event: Event) -> str | None:
         """One line a CI log reader can grep; None for events that say nothing new."""
         at = f"[{max(event.time - self._start, 0.0):7.1f}s]"
         step = event.step or ""
         if event.type == "run_started":
-            return f"{at} run {event.run_id} started: {self.pipeline} ({len(self.steps)} steps)"
+            return f"{at} run {event.run_id} started: {self.view.pipeline} ({len(self.view.steps)} steps)"
         if event.type == "step_log":
             return f"{at} {step} | {event.line}" if event.line is not None else None
         if event.type == "metrics":
@@ -219,7 +157,8 @@ class Progress:
 
     def _table(self, final: bool) -> Table:
         now = time.time()
-        title = f"{self.pipeline} · run {self.run_id}" if self.run_id else self.pipeline
+        run = self.view
+        title = f"{run.pipeline} · run {run.run_id}" if run.started is not None else run.pipeline
         table = Table(title=title or None, title_justify="left", expand=False)
         table.add_column("step")
         table.add_column("state")
@@ -228,39 +167,38 @@ class Progress:
         table.add_column(
             "message" if final else "last log line", overflow="ellipsis", no_wrap=True, max_width=80
         )
-        for name, view in self.steps.items():
+        for name, view in run.steps.items():
             seconds = view.seconds(now)
             table.add_row(
                 name,
                 Text(view.state, style=_STYLES.get(view.state, "")),
                 str(view.attempt) if view.attempt is not None else "",
                 f"{seconds:.1f}s" if seconds is not None else "",
-                Text((view.message or "") if final else view.last_line),
+                Text((view.message or "") if final else (view.log[-1] if view.log else "")),
             )
         return table
 
     def _print_failures(self) -> None:
         """Each failed step's message and log tail on stderr: the first thing a user needs."""
-        for name, view in self.steps.items():
+        for name, view in self.view.steps.items():
             if view.state != "failed":
                 continue
             self._errors.print(Text(f"step {name} failed: {view.message or 'no message'}", style="bold red"))
             if self.mode == "quiet":  # the other modes already showed the log lines
-                for line in view.tail:
+                for line in view.log:
                     self._errors.print(Text(f"  {name} | {line}"))
 
     def summary(self) -> str:
         """One line: the run's outcome, step counts, time and metrics."""
-        counts: dict[str, int] = {}
-        for view in self.steps.values():
-            counts[view.state] = counts.get(view.state, 0) + 1
-        parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        took = self.run_duration if self.run_duration is not None else time.time() - self._start
-        text = f"run {self.run_id} {self.state or 'ended'}: {len(self.steps)} steps ({parts}) in {took:.1f}s"
-        if self.metrics:
-            text += "; " + " ".join(f"{k}={_number(v)}" for k, v in sorted(self.metrics.items()))
-        if self.finish_message and self.state != "succeeded" and self.finish_message != self.state:
-            text += f" ({self.finish_message})"
+        run = self.view
+        parts = ", ".join(f"{n} {state}" for state, n in sorted(run.counts().items()))
+        took = run.duration if run.duration is not None else time.time() - self._start
+        state = run.state if run.ended else "ended"
+        text = f"run {run.run_id} {state}: {len(run.steps)} steps ({parts}) in {took:.1f}s"
+        if run.metrics:
+            text += "; " + " ".join(f"{k}={_number(v)}" for k, v in sorted(run.metrics.items()))
+        if run.message and run.state != "succeeded" and run.message != run.state:
+            text += f" ({run.message})"
         return text
 
 

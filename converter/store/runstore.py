@@ -30,7 +30,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,81 +39,9 @@ from typing import Any
 import psutil
 
 from converter.errors import CellpipeError
-from converter.events import FINAL_STEP_STATES, STEP_STATE_AFTER, Event
+from converter.events import FINAL_STEP_STATES, Event
+from converter.store.tables import FOLDS, SCHEMA, SCHEMA_VERSION, add_steps, dumps, load_view, write_view
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    pipeline TEXT NOT NULL DEFAULT '',
-    notebook TEXT NOT NULL DEFAULT '',
-    engine TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    message TEXT,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    duration REAL,
-    parameters TEXT NOT NULL DEFAULT '{}',
-    folder TEXT,
-    remote_id TEXT,
-    pid INTEGER,
-    pid_started REAL,
-    host TEXT,
-    resumed_from TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempt INTEGER,
-    queued REAL,
-    started REAL,
-    finished REAL,
-    duration REAL,
-    exit_code INTEGER,
-    message TEXT,
-    folder TEXT,
-    log_path TEXT,
-    outputs TEXT,
-    cache_key TEXT,
-    cached_from TEXT,
-    PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    run_id TEXT NOT NULL,
-    step TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    started REAL,
-    finished REAL,
-    duration REAL,
-    exit_code INTEGER,
-    message TEXT,
-    pid INTEGER,
-    PRIMARY KEY (run_id, step, attempt)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id TEXT NOT NULL,
-    step TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value REAL NOT NULL,
-    PRIMARY KEY (run_id, step, name)
-);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    step TEXT,
-    time REAL NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-"""
-_SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_MS = 30_000
 ORPHAN_MESSAGE = "engine stopped"
 
@@ -244,10 +172,6 @@ def _orphaned(row: sqlite3.Row) -> bool:
     )
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, default=str, sort_keys=True)
-
-
 class RunStore:
     """Runs, steps, attempts, metrics and events in SQLite; one instance per process is enough.
 
@@ -291,11 +215,11 @@ class RunStore:
         self._switch_to_wal()
         self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable except on power loss
         with self._write() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
-                for statement in _SCHEMA.split(";"):
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _move_aside(self) -> Path:
         """Rename the broken file (and its WAL files) to runs.db.corrupt-<time>; another process
@@ -376,7 +300,7 @@ class RunStore:
                             engine,
                             "running",
                             now,
-                            _json(dict(parameters or {})),
+                            dumps(dict(parameters or {})),
                             pid,
                             started,
                             socket.gethostname(),
@@ -384,19 +308,10 @@ class RunStore:
                             remote_id,
                         ),
                     )
-                    self._add_steps(db, run_id, steps)
+                    add_steps(db, run_id, steps)
                 return run_id
             except sqlite3.IntegrityError:  # the same second and the same 16 random bits: draw again
                 continue
-
-    @staticmethod
-    def _add_steps(db: sqlite3.Connection, run_id: str, steps: Sequence[str]) -> None:
-        for name in steps:
-            db.execute(
-                "INSERT OR IGNORE INTO steps (run_id, name, position, state)"
-                " VALUES (?, ?, (SELECT COUNT(*) FROM steps WHERE run_id = ?), 'pending')",
-                (run_id, name, run_id),
-            )
 
     def request_cancel(self, run_id: str) -> bool:
         """Ask the engine running `run_id` (in any process) to cancel it; False if it is not running
@@ -409,27 +324,32 @@ class RunStore:
             return cursor.rowcount > 0
 
     def record(self, event: Event) -> None:
-        """Fold one event into the tables (an EventSink). Log lines are left to the log files."""
+        """Fold one event into the tables (an EventSink). Log lines are left to the log files.
+
+        The run's and its steps' states, attempts, times and messages are the `RunView` fold's: the
+        run as the tables have it, the event applied, written back for what the event touched (read in
+        the same write transaction, so store instances in several processes never fold a stale view).
+        The folds below add what only the store keeps: folders, outputs, cache keys, the attempts and
+        metrics tables.
+        """
         if event.type == "step_log":
             return
-        fold = _FOLDS.get(event.type)
+        fold = FOLDS.get(event.type)
         with self._write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO runs (id, state, created) VALUES (?, 'running', ?)",
                 (event.run_id, event.time),
             )
             if event.step is not None:
-                self._add_steps(db, event.run_id, [event.step])
-            if fold is not None:
-                fold(db, event)
-            if event.step is not None and event.type in STEP_STATE_AFTER:
-                db.execute(
-                    "UPDATE steps SET state = ? WHERE run_id = ? AND name = ?",
-                    (STEP_STATE_AFTER[event.type], event.run_id, event.step),
-                )
+                add_steps(db, event.run_id, [event.step])
+            view = load_view(db, event.run_id)
+            if view.apply(event):
+                if fold is not None:
+                    fold(db, event)
+                write_view(db, view, event)
             db.execute(
                 "INSERT OR REPLACE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
-                (event.run_id, event.seq, event.type, event.step, event.time, _json(event.to_json())),
+                (event.run_id, event.seq, event.type, event.step, event.time, dumps(event.to_json())),
             )
             db.execute("UPDATE runs SET last_seq = MAX(last_seq, ?) WHERE id = ?", (event.seq, event.run_id))
 
@@ -495,7 +415,7 @@ class RunStore:
                 numbered = dataclasses.replace(event, seq=seq)
                 db.execute(
                     "INSERT OR IGNORE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
-                    (run_id, seq, numbered.type, numbered.step, now, _json(numbered.to_json())),
+                    (run_id, seq, numbered.type, numbered.step, now, dumps(numbered.to_json())),
                 )
             db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
         return True
@@ -628,133 +548,3 @@ class RunStore:
             cancel_requested=bool(row["cancel_requested"]),
             steps=steps,
         )
-
-
-# ---------------------------------------------------------------------- event folds
-
-
-def _data(event: Event) -> dict[str, Any]:
-    return event.data or {}
-
-
-def _fold_run_started(db: sqlite3.Connection, event: Event) -> None:
-    data = _data(event)
-    db.execute(
-        "UPDATE runs SET state = 'running', started = ?, folder = COALESCE(?, folder),"
-        " pipeline = COALESCE(?, pipeline), engine = COALESCE(?, engine) WHERE id = ?",
-        (event.time, data.get("run_folder"), data.get("pipeline"), data.get("engine"), event.run_id),
-    )
-    RunStore._add_steps(db, event.run_id, list(data.get("steps", [])))
-
-
-def _fold_step_queued(db: sqlite3.Connection, event: Event) -> None:
-    db.execute(
-        "UPDATE steps SET queued = ? WHERE run_id = ? AND name = ?", (event.time, event.run_id, event.step)
-    )
-
-
-def _fold_step_started(db: sqlite3.Connection, event: Event) -> None:
-    data = _data(event)
-    db.execute(
-        "UPDATE steps SET attempt = ?, started = ?, finished = NULL, duration = NULL, exit_code = NULL,"
-        " message = NULL, folder = COALESCE(?, folder), log_path = COALESCE(?, log_path)"
-        " WHERE run_id = ? AND name = ?",
-        (event.attempt, event.time, data.get("folder"), data.get("log"), event.run_id, event.step),
-    )
-    db.execute(
-        "INSERT OR REPLACE INTO attempts (run_id, step, attempt, state, started, pid) VALUES (?,?,?,?,?,?)",
-        (event.run_id, event.step, event.attempt or 1, "running", event.time, data.get("pid")),
-    )
-
-
-def _end_attempt(db: sqlite3.Connection, event: Event, state: str) -> None:
-    db.execute(
-        "UPDATE attempts SET state = ?, finished = ?, duration = ?, exit_code = ?, message = ?"
-        " WHERE run_id = ? AND step = ?"
-        " AND attempt = (SELECT attempt FROM steps WHERE run_id = ? AND name = ?)",
-        (
-            state,
-            event.time,
-            event.duration,
-            event.exit_code,
-            event.message,
-            event.run_id,
-            event.step,
-            event.run_id,
-            event.step,
-        ),
-    )
-
-
-def _fold_step_retrying(db: sqlite3.Connection, event: Event) -> None:
-    _end_attempt(db, event, "failed")
-    db.execute(
-        "UPDATE steps SET message = ?, exit_code = ? WHERE run_id = ? AND name = ?",
-        (event.message, event.exit_code, event.run_id, event.step),
-    )
-
-
-def _fold_step_end(db: sqlite3.Connection, event: Event) -> None:
-    data = _data(event)
-    state = STEP_STATE_AFTER[event.type]
-    _end_attempt(db, event, state)
-    outputs = data.get("outputs")
-    db.execute(
-        "UPDATE steps SET finished = ?, duration = ?, exit_code = ?, message = ?,"
-        " outputs = COALESCE(?, outputs), cache_key = COALESCE(?, cache_key), folder = COALESCE(?, folder),"
-        " log_path = COALESCE(?, log_path), cached_from = COALESCE(?, cached_from)"
-        " WHERE run_id = ? AND name = ?",
-        (
-            event.time,
-            event.duration,
-            event.exit_code,
-            event.message,
-            None if outputs is None else _json(outputs),
-            data.get("cache_key"),
-            data.get("folder"),
-            data.get("log"),
-            data.get("from_run"),
-            event.run_id,
-            event.step,
-        ),
-    )
-
-
-def _fold_metrics(db: sqlite3.Connection, event: Event) -> None:
-    for name, value in (event.metrics or {}).items():
-        db.execute(
-            "INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?,?,?,?)",
-            (event.run_id, event.step or "", name, float(value)),
-        )
-
-
-def _fold_run_finished(db: sqlite3.Connection, event: Event) -> None:
-    db.execute(
-        "UPDATE runs SET state = ?, message = ?, finished = ?, duration = ? WHERE id = ?",
-        (event.state, event.message, event.time, event.duration, event.run_id),
-    )
-    if event.state == "cancelled":
-        final = tuple(FINAL_STEP_STATES)
-        marks = ",".join("?" * len(final))
-        db.execute(
-            f"UPDATE steps SET state = 'cancelled' WHERE run_id = ? AND state NOT IN ({marks})",
-            (event.run_id, *final),
-        )
-        db.execute(
-            "UPDATE attempts SET state = 'cancelled', finished = ? WHERE run_id = ? AND state = 'running'",
-            (event.time, event.run_id),
-        )
-
-
-_FOLDS: dict[str, Callable[[sqlite3.Connection, Event], None]] = {
-    "run_started": _fold_run_started,
-    "step_queued": _fold_step_queued,
-    "step_started": _fold_step_started,
-    "step_retrying": _fold_step_retrying,
-    "step_succeeded": _fold_step_end,
-    "step_failed": _fold_step_end,
-    "step_cached": _fold_step_end,
-    "step_skipped": _fold_step_end,
-    "metrics": _fold_metrics,
-    "run_finished": _fold_run_finished,
-}

@@ -33,7 +33,7 @@ from tornado.iostream import StreamClosedError
 from converter.engines.base import RunRequest
 from converter.engines.registry import get_engine
 from converter.errors import CellpipeError, InvalidNotebook
-from converter.events import Event, step_states
+from converter.events import Event, RunView
 from converter.model import Pipeline
 from converter.notebook.parameters import typed_values
 from converter.notebook.reader import check_node, load
@@ -244,27 +244,33 @@ def run_json(root: Path, record: RunRecord) -> dict[str, Any]:
 def live_run_json(root: Path, run: LiveRun) -> dict[str, Any]:
     """A run the store does not know (an engine that keeps no local record), folded from its events."""
     events = run.events_after(0)
-    started = events[0]
-    data = started.data or {}
-    names = [str(name) for name in data.get("steps", [s.name for s in run.request.pipeline.steps])]
-    states = step_states(events, names)
-    last = events[-1]
-    finished = last if last.type == "run_finished" else None
-    metrics = {k: v for e in events if e.type == "metrics" for k, v in (e.metrics or {}).items()}
+    data = events[0].data or {}
+    view = RunView([str(name) for name in data.get("steps", [s.name for s in run.request.pipeline.steps])])
+    for event in events:
+        view.apply(event)
     return {
-        "id": started.run_id,
-        "pipeline": data.get("pipeline", run.request.pipeline.name),
+        "id": view.run_id,
+        "pipeline": view.pipeline or run.request.pipeline.name,
         "notebook": shown_path(root, str(run.request.notebook)),
-        "engine": data.get("engine", run.engine.name),
+        "engine": view.engine or run.engine.name,
         "state": run.state,
-        "message": finished.message if finished else None,
-        "created": started.time,
-        "started": started.time,
-        "finished": finished.time if finished else None,
-        "duration": finished.duration if finished else None,
+        "message": view.message,
+        "created": events[0].time,
+        "started": view.started if view.started is not None else events[0].time,
+        "finished": view.finished,
+        "duration": view.duration,
         "parameters": data.get("parameters", run.request.parameters),
-        "metrics": metrics,
-        "steps": [{"name": name, "state": states[name]} for name in names],
+        "metrics": view.metrics,
+        "steps": [
+            {
+                "name": name,
+                "state": step.state,
+                "attempt": step.attempt,
+                "duration": step.duration,
+                "message": step.message,
+            }
+            for name, step in view.steps.items()
+        ],
     }
 
 

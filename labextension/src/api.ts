@@ -5,7 +5,8 @@
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import type { Graph, RunEvent } from './layout';
+import type { RunEvent } from './events';
+import type { Graph } from './layout';
 
 export interface Problem {
   cell: number | null;

@@ -8,7 +8,8 @@ import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
-import { RunEvent, StepState, applyEvent, isFinal, layoutGraph } from './layout';
+import { RunView as RunFold, RunEvent, StepState, isFinal } from './events';
+import { layoutGraph } from './layout';
 import type { PipelineState, PipelineStates } from './state';
 
 export interface PanelSettings {
@@ -19,50 +20,41 @@ const SVG = 'http://www.w3.org/2000/svg';
 const LOG_LINES = 200;
 const RUNS_POLL_MS = 5000;
 
-/** What the panel knows of one run: folded step states, the log tail of each step, metrics. */
+/** What the panel knows of one run: its record from the server and the fold of its events. */
 class RunView {
   constructor(record: api.RunRecord) {
     this.record = record;
     for (const step of record.steps) {
-      this.states[step.name] = step.state as StepState;
+      this.fold.step(step.name).state = step.state as StepState;
     }
-    this.state = record.state;
+    this.fold.state = record.state;
   }
 
   record: api.RunRecord;
-  state: string;
-  states: { [step: string]: StepState } = {};
-  logs: { [step: string]: string[] } = {};
-  metrics: { [name: string]: number } = {};
-  url: string | null = null; // the run's page in the KFP UI (a KFP run's run_started data)
-  lastSeq = 0;
+  readonly fold = new RunFold([], LOG_LINES);
   stop: (() => void) | null = null;
+
+  get state(): string {
+    return this.fold.state;
+  }
+
+  get states(): { [step: string]: StepState } {
+    return this.fold.states;
+  }
+
+  get lastSeq(): number {
+    return this.fold.lastSeq;
+  }
+
+  /** The run's page in the KFP UI (a KFP run's run_started data). */
+  get url(): string | null {
+    const url = this.fold.data.url;
+    return typeof url === 'string' ? url : null;
+  }
 
   /** Folds one event in; returns true when the run has ended. */
   apply(event: RunEvent): boolean {
-    if (event.seq <= this.lastSeq) {
-      return false;
-    }
-    this.lastSeq = event.seq;
-    this.states = applyEvent(this.states, event);
-    if (event.type === 'run_started') {
-      const data = event.data as { steps?: string[]; url?: string } | undefined;
-      const steps = data?.steps ?? [];
-      this.url = data?.url ?? null;
-      for (const step of steps) {
-        this.states[step] ??= 'pending';
-      }
-    } else if (event.type === 'step_log' && event.step) {
-      const lines = (this.logs[event.step] ??= []);
-      lines.push(String(event.line ?? ''));
-      lines.splice(0, Math.max(0, lines.length - LOG_LINES));
-    } else if (event.type === 'metrics') {
-      Object.assign(this.metrics, event.metrics as { [name: string]: number });
-    } else if (event.type === 'run_finished') {
-      this.state = String(event.state ?? 'finished');
-      return true;
-    }
-    return false;
+    return this.fold.apply(event) && event.type === 'run_finished';
   }
 }
 
@@ -436,7 +428,7 @@ export class PipelinePanel extends Widget {
       link.textContent = 'Open in the KFP UI';
       details.appendChild(link);
     }
-    const metrics = { ...view.record.metrics, ...view.metrics };
+    const metrics = { ...view.record.metrics, ...view.fold.metrics };
     if (Object.keys(metrics).length > 0) {
       const table = document.createElement('table');
       table.className = 'cp-metrics';
@@ -464,7 +456,7 @@ export class PipelinePanel extends Widget {
       const duration = record?.duration !== null && record?.duration !== undefined ? ` (${record.duration.toFixed(1)} s)` : '';
       summary.textContent = `${step}: ${state}${isFinal(state) ? duration : ''}`;
       const pre = document.createElement('pre');
-      pre.textContent = (view.logs[step] ?? []).join('\n') || (record?.message ?? '');
+      pre.textContent = (view.fold.steps.get(step)?.log ?? []).join('\n') || (record?.message ?? '');
       section.append(summary, pre);
       details.appendChild(section);
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { BOX_HEIGHT, applyEvent, isFinal, layoutGraph } from '../src/layout';
+import { BOX_HEIGHT, layoutGraph } from '../src/layout';
 
 const node = (id: string, level: number) => ({ id, level, cells: [] });
 
@@ -45,42 +45,5 @@ describe('layoutGraph', () => {
     const layout = layoutGraph({ nodes: [], edges: [] });
     expect(layout.boxes).toEqual([]);
     expect(layout.width).toBeGreaterThan(0);
-  });
-});
-
-describe('applyEvent', () => {
-  it('folds step events as the server does', () => {
-    let states = {};
-    for (const [type, step] of [
-      ['step_queued', 'a'],
-      ['step_started', 'a'],
-      ['step_retrying', 'a'],
-      ['step_succeeded', 'a'],
-      ['step_cached', 'b']
-    ]) {
-      states = applyEvent(states, { seq: 1, type, step });
-    }
-    expect(states).toEqual({ a: 'succeeded', b: 'cached' });
-  });
-
-  it('marks unfinished steps cancelled when the run is cancelled, and only then', () => {
-    const states = { a: 'succeeded' as const, b: 'running' as const, c: 'pending' as const };
-    expect(applyEvent(states, { seq: 9, type: 'run_finished', state: 'cancelled' })).toEqual({
-      a: 'succeeded',
-      b: 'cancelled',
-      c: 'cancelled'
-    });
-    expect(applyEvent(states, { seq: 9, type: 'run_finished', state: 'failed' })).toEqual(states);
-  });
-
-  it('does not change the states it is given', () => {
-    const states = { a: 'pending' as const };
-    applyEvent(states, { seq: 1, type: 'step_started', step: 'a' });
-    expect(states).toEqual({ a: 'pending' });
-  });
-
-  it('knows the final states', () => {
-    expect(['succeeded', 'failed', 'cached', 'skipped', 'cancelled'].every(s => isFinal(s as never))).toBe(true);
-    expect(['pending', 'queued', 'running'].some(s => isFinal(s as never))).toBe(false);
   });
 });
