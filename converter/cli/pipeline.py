@@ -43,6 +43,9 @@ def _compile(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_problems(pipeline.warnings)
     compiled = compile_pipeline(pipeline)
+    size, too_big = compiled.size_report(len(pipeline.steps))
+    for warning in too_big:  # even with -q: the run would fail to start on the cluster
+        print(f"{compiled.name}.yaml: warning: {warning}", file=sys.stderr)
     files = compiled.files()
     if args.build_context:
         from converter.kfp.build_context import build_context
@@ -59,6 +62,8 @@ def _compile(args: argparse.Namespace) -> int:
     for path in write_atomically(out, files):
         if not args.quiet:
             print(path)
+    if not args.quiet:
+        print(size)
     return EXIT_OK
 
 

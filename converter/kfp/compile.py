@@ -27,6 +27,10 @@ from converter.kfp.yaml_emitter import FastDumper
 from converter.model import Pipeline
 from converter.outputs import file_mode
 
+# A KFP backend turns the whole IR into one Argo Workflow object, which must fit these limits.
+ANNOTATION_LIMIT = 256 * 1024  # KFP <= 2.2 keeps component logic in annotations (kubeflow/pipelines#10968)
+ETCD_LIMIT = 1536 * 1024  # etcd's default request size, which newer backends still hit (#13738)
+
 
 @dataclass(frozen=True)
 class Compiled:
@@ -36,6 +40,36 @@ class Compiled:
 
     def files(self) -> dict[str, str]:
         return {f"{self.name}.py": self.dsl, f"{self.name}.yaml": self.ir_yaml}
+
+    @property
+    def ir_bytes(self) -> int:
+        """The IR the backend reads, without the comment KFP writes atop it: a floor for the Workflow."""
+        body = self.ir_yaml
+        while body.startswith("#"):
+            body = body[body.find("\n") + 1 :] if "\n" in body else ""
+        return len(body.encode("utf-8"))
+
+    def size_report(self, steps: int) -> tuple[str, list[str]]:
+        """A line on the pipeline's projected size, and a warning when it exceeds a cluster's limit."""
+        size = self.ir_bytes
+        line = (
+            f"{self.name}.yaml: {size / 1024:.0f} KiB of IR for {steps} step(s) (the step runtime in it once)"
+        )
+        warnings = []
+        if size > ETCD_LIMIT:
+            warnings.append(
+                f"{size / 1024:.0f} KiB of IR: the Argo Workflow KFP makes of it exceeds "
+                "etcd's default 1.5 MiB request limit and will not start (kubeflow/pipelines#13738). "
+                "Fix: fewer steps (give several cells one step: tag), or raise etcd's --max-request-bytes"
+            )
+        elif size > ANNOTATION_LIMIT:
+            warnings.append(
+                f"{size / 1024:.0f} KiB of IR: KFP backends up to 2.2 keep it in Argo "
+                "Workflow annotations, capped at 256 KiB: the run will not start there "
+                "(kubeflow/pipelines#10968). Fix: a KFP 2.3+ backend (#10979), or fewer steps (give several "
+                "cells one step: tag)"
+            )
+        return line, warnings
 
 
 def compile_pipeline(pipeline: Pipeline) -> Compiled:

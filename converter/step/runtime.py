@@ -1,9 +1,10 @@
 """The program every cellpipe pipeline step runs, on a KFP pod or on the local engine.
 
-It is embedded verbatim in each compiled step as ``python3 -c PROGRAM ARGS``, so it stays
-self-contained: standard library at module level, numpy/pandas/IPython/... imported only when a
-value or a cell needs them, because every step pays the startup cost. It runs the step's cells like
-a notebook kernel, tees their output, moves variables in and out as typed artifacts and writes the
+A compiled pipeline carries it once, packed, and passes it to every step as the first argument of
+``python3 -c PROGRAM RUNTIME ARGS`` (see `converter.step.stepcode`). It stays self-contained:
+standard library at module level, numpy/pandas/IPython/... imported only when a value or a cell
+needs them, because every step pays the startup cost. It runs the step's cells like a notebook
+kernel, tees their output, moves variables in and out as typed artifacts and writes the
 step's metrics, HTML report and cell outputs.
 
 A cell raising ``SystemExit`` with code 0 or None stops the remaining cells and the step goes on

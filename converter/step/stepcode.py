@@ -1,8 +1,15 @@
 """The program each step runs, and its command line: one definition for every output and engine.
 
-A step is `python3 -c PROGRAM ARGS...` where PROGRAM is `converter/step/runtime.py`'s source plus the
-step's spec. The KFP output puts exactly this in a container component; the local engine runs
-exactly this in a process. Changing the generated code here changes both ("run what you ship").
+A step is `python3 -c PROGRAM RUNTIME ARGS...`. PROGRAM is a one-line loader plus the step's spec;
+RUNTIME, its first argument, is `converter/step/runtime.py`'s source, packed, which the loader runs
+first. The runtime is the same for every step, so the compiled pipeline carries it once, as the
+default of a pipeline-level input (`RUNTIME_PARAMETER`) every step reads, and not once per step:
+a KFP backend turns the whole pipeline into one Argo Workflow object, which must fit in 256 KiB
+(KFP <= 2.2 keeps component logic in annotations, kubeflow/pipelines#10968) and in etcd's 1.5 MiB.
+
+The KFP output puts exactly this command in a container component; the local engine runs exactly
+this command (with the same packed runtime as RUNTIME) in a process. Changing the generated code
+here changes both ("run what you ship").
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from typing import Literal
 from converter.model import CodeCell, Pipeline, Step
 from converter.step import requirements as packaging
 
-ArgKind = Literal["literal", "input", "output", "parameter"]
+ArgKind = Literal["literal", "input", "output", "parameter", "runtime"]
 KFP_EXECUTOR_OUTPUT = "/tmp/kfp_outputs/output_metadata.json"  # read by the KFP v2 launcher after the command
+RUNTIME_PARAMETER = "cellpipe_runtime"  # the pipeline input holding the packed runtime
 METRICS_ARTIFACT = "metrics"
 REPORT_ARTIFACT = "report"
 # Names the generated DSL module uses itself; steps with these names get a suffix in Python.
@@ -33,7 +41,7 @@ class Arg:
     """One argv token: a literal, or a placeholder an engine fills in (artifact path or parameter value)."""
 
     kind: ArgKind
-    value: str  # the literal text, or the artifact / parameter name
+    value: str  # the literal text, the artifact / parameter name, or RUNTIME_PARAMETER
     if_present: str | None = None  # part of an optional parameter's flag: left out when it has no value
 
 
@@ -78,7 +86,7 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
 def _cell_spec(cell: CodeCell, role: str) -> dict[str, object]:
     """`code` runs; `source` (only where magics made them differ) is what the report shows."""
     spec: dict[str, object] = {"index": cell.index, "role": role, "code": cell.python}
-    if cell.source != cell.python:
+    if cell.source.rstrip("\n") != cell.python.rstrip("\n"):  # not for the newline `python` ends with
         spec["source"] = cell.source
     return spec
 
@@ -124,15 +132,16 @@ def _code_literal(code: str) -> str:
 def packed(source: str) -> str:
     """Source as a zlib+base85 blob that executes itself.
 
-    Every step carries the runtime; packed, it costs ~11 kB instead of ~27 kB per step, which keeps
-    pod commands and the Argo workflow holding all of them small. The readable source stays in the
-    generated DSL (this function's own text is copied there too).
+    Packed, the runtime costs ~13 kB instead of ~33 kB in the compiled pipeline (once per pipeline)
+    and on each pod's command line. The readable source stays in the generated DSL (this function's
+    own text is copied there too). One line, because KFP copies a pipeline input's default into
+    the comment atop the YAML, where a line break would end the comment mid-value.
     """
     import base64
     import zlib
 
     blob = base64.b85encode(zlib.compress(source.encode("utf-8"), 9)).decode("ascii")
-    return f"import base64, zlib\nexec(zlib.decompress(base64.b85decode({blob!r})))\n"
+    return f"import base64, zlib; exec(zlib.decompress(base64.b85decode({blob!r})))"  # one line: see below
 
 
 @functools.cache
@@ -147,9 +156,13 @@ def packed_runtime() -> str:
     return packed(runtime_source())
 
 
+# Runs the runtime given as the first argument, in this module's namespace, then the step's spec.
+LOADER = "import sys\nexec(sys.argv.pop(1))  # the cellpipe step runtime, passed in once per pipeline\n"
+
+
 def program(pipeline: Pipeline, step: Step) -> str:
-    """The exact program text the step runs, on a pod and locally."""
-    return packed_runtime() + step_tail(pipeline, step)
+    """The exact program text the step runs, on a pod and locally; its first argument is the runtime."""
+    return LOADER + step_tail(pipeline, step)
 
 
 def artifact_names(step: Step) -> tuple[dict[str, str], dict[str, str]]:
@@ -179,12 +192,12 @@ def _unique(name: str, used: set[str]) -> str:
 def arguments(
     step: Step, executor_output: str | None = KFP_EXECUTOR_OUTPUT, optional: frozenset[str] = frozenset()
 ) -> list[Arg]:
-    """The step's argv after the program, with placeholders for artifacts and parameters.
+    """The step's argv after the program, with placeholders for the runtime, artifacts and parameters.
 
     `optional` names parameters that may have no value (default None): their flags carry `if_present`.
     """
     inputs, outputs = artifact_names(step)
-    args: list[Arg] = []
+    args: list[Arg] = [Arg("runtime", RUNTIME_PARAMETER)]  # read by LOADER
     for var, name in inputs.items():
         args += [Arg("literal", "--input"), Arg("literal", var), Arg("input", name)]
     for param in step.parameters:

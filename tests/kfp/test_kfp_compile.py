@@ -125,6 +125,11 @@ class IR:
             kubernetes.get("deploymentSpec", {}).get("executors", {}).get(self.executor_label(step), {})
         )
 
+    def runtime(self) -> str:
+        """The packed step runtime: the default of the pipeline input every step reads it from."""
+        parameters = self.spec["root"]["inputDefinitions"]["parameters"]
+        return str(parameters[stepcode.RUNTIME_PARAMETER]["defaultValue"])
+
     def output_types(self, step: str) -> dict[str, str]:
         artifacts = self.component(step).get("outputDefinitions", {}).get("artifacts", {})
         return {name: a["artifactType"]["schemaTitle"] for name, a in artifacts.items()}
@@ -167,7 +172,8 @@ def test_every_sample_compiles_and_kfp_loads_the_yaml(
     assert sorted(p.name for p in written) == [f"{pipeline.name}.py", f"{pipeline.name}.yaml"]
     component = kfp.components.load_component_from_file(str(tmp_path / f"{pipeline.name}.yaml"))
     assert component.name == pipeline.name
-    assert set(component.component_spec.inputs or {}) == {p.name for p in pipeline.parameters}
+    inputs = {p.name for p in pipeline.parameters} | {stepcode.RUNTIME_PARAMETER}
+    assert set(component.component_spec.inputs or {}) == inputs
     ir = IR(compiled.ir_yaml)
     assert sorted(t["taskInfo"]["name"] for t in ir.tasks.values()) == sorted(s.name for s in pipeline.steps)
 
@@ -321,7 +327,8 @@ def test_a_secret_is_only_ever_a_reference(purpose: tuple[Pipeline, IR]) -> None
 
 def test_parameters_are_typed_pipeline_inputs_never_pasted_into_code(purpose: tuple[Pipeline, IR]) -> None:
     _, ir = purpose
-    parameters = ir.spec["root"]["inputDefinitions"]["parameters"]
+    parameters = dict(ir.spec["root"]["inputDefinitions"]["parameters"])
+    assert parameters.pop(stepcode.RUNTIME_PARAMETER)["parameterType"] == "STRING"
     assert {name: (p["parameterType"], p["defaultValue"]) for name, p in parameters.items()} == {
         "n_rows": ("NUMBER_INTEGER", 987654321),
         "ratio": ("NUMBER_DOUBLE", 0.123456789),
@@ -338,7 +345,7 @@ def test_parameters_are_typed_pipeline_inputs_never_pasted_into_code(purpose: tu
     args = grow["args"]
     assert args[args.index("n_rows") + 1] == "{{$.inputs.parameters['n_rows']}}"
     assert ir.task("grow")["inputs"]["parameters"]["n_rows"] == {"componentInputParameter": "n_rows"}
-    assert "parameters" not in ir.task("make").get("inputs", {})  # make reads no parameter
+    assert set(ir.task("make")["inputs"]["parameters"]) == {stepcode.RUNTIME_PARAMETER}  # no notebook one
 
 
 def test_mutated_input_travels_on_under_its_own_artifact(purpose: tuple[Pipeline, IR]) -> None:
@@ -405,11 +412,19 @@ def test_the_yaml_carries_exactly_the_program_the_local_engine_runs(
 ) -> None:
     pipeline, compiled = samples[path.stem]
     ir = IR(compiled.ir_yaml)
+    assert unpacked(ir.runtime()) == stepcode.runtime_source()
+    assert ir.runtime() == stepcode.packed_runtime()  # what the local engine passes
     for step in pipeline.steps:
         command = ir.container(step.name)["command"]
         assert command[:2] == ["python3", "-c"]
         assert command[2] == stepcode.program(pipeline, step)
-        assert unpacked(command[2]) == stepcode.runtime_source()
+        assert command[2].startswith(stepcode.LOADER)
+        assert (
+            ir.container(step.name)["args"][0]
+            == f"{{{{$.inputs.parameters['{stepcode.RUNTIME_PARAMETER}']}}}}"
+        )
+        wire = ir.task(step.name)["inputs"]["parameters"][stepcode.RUNTIME_PARAMETER]
+        assert wire == {"componentInputParameter": stepcode.RUNTIME_PARAMETER}
 
 
 @pytest.fixture
@@ -428,10 +443,47 @@ def test_changing_the_step_code_changes_the_yaml_and_the_local_program_alike(cha
     compiled = compile_pipeline(pipeline)
     ir = IR(compiled.ir_yaml)
     assert changed_runtime in compiled.dsl  # the readable DSL shows it too
+    assert changed_runtime in unpacked(ir.runtime())
     for step in pipeline.steps:
-        program = stepcode.program(pipeline, step)
-        assert changed_runtime in unpacked(program)
-        assert ir.container(step.name)["command"][2] == program
+        assert ir.container(step.name)["command"][2] == stepcode.program(pipeline, step)
+
+
+def one_line_steps(path: Path, count: int) -> Pipeline:
+    cells = [("v0 = 0", ["step:s0"])]
+    cells += [(f"v{i} = v{i - 1} + 1", [f"step:s{i}"]) for i in range(1, count)]
+    return read_notebook(str(write_notebook(path, cells)))
+
+
+def test_the_runtime_is_carried_once_per_pipeline_not_once_per_step(tmp_path: Path) -> None:
+    """The shape of the IR's size: the runtime is a constant, each extra one-line step <= 3 KiB."""
+    small, large = (compile_pipeline(one_line_steps(tmp_path / f"n{n}.ipynb", n)) for n in (5, 25))
+    runtime = stepcode.packed_runtime()
+    for compiled in (small, large):
+        ir = IR(compiled.ir_yaml)
+        assert ir.runtime() == runtime
+        body = yaml.safe_dump(ir.spec) + yaml.safe_dump(ir.platform)
+        assert body.count(runtime[-200:]) == 1  # the pipeline input's default, nowhere else
+    assert (large.ir_bytes - small.ir_bytes) / 20 <= 3 * 1024  # per extra step
+    assert large.ir_bytes < len(runtime) + 25 * 3 * 1024
+
+
+def test_compile_prints_the_size_and_warns_past_each_cluster_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_notebook(tmp_path / "nb.ipynb", [("x = 1", ["step:a"]), ("y = x", ["step:b"])])
+    assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "nb.yaml: " in out and " KiB of IR for 2 step(s)" in out and "warning" not in err
+    monkeypatch.setattr(kfp_compile, "ANNOTATION_LIMIT", 1024)
+    assert main(["compile", str(path), "-o", str(tmp_path / "out"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "nb.yaml: warning: " in err and "256 KiB" in err and "kubeflow/pipelines#10968" in err
+    assert "KFP 2.3+" in err and "fewer steps" in err
+    monkeypatch.setattr(kfp_compile, "ETCD_LIMIT", 2048)
+    assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "1.5 MiB" in err and "#13738" in err and "--max-request-bytes" in err and "#10968" not in err
 
 
 EXPECTED_MODULES = {

@@ -493,6 +493,8 @@ class _Run:
                 continue  # an optional parameter without a value: its flag is left out, as on KFP
             if arg.kind == "literal":
                 argv.append(arg.value)
+            elif arg.kind == "runtime":
+                argv.append(stepcode.packed_runtime())  # what the compiled pipeline passes every step
             elif arg.kind == "parameter":
                 argv.append(run.params[arg.value] or "")
             else:
