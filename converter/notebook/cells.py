@@ -20,6 +20,8 @@ def parse_cells(report: Report, nb: Mapping[str, Any]) -> list[Cell]:
         if "cellpipe" in metadata:
             apply_structured(report, cell_tags, metadata["cellpipe"])
         source = cell.get("source", "")
+        if isinstance(source, list):  # as nbformat allows (check_structure made sure of the strings)
+            source = "".join(source)
         if cell_tags.role == "skip":
             continue
         try:

@@ -22,6 +22,7 @@ from converter.notebook import dataflow, grouping, order, parameter_cells, searc
 from converter.notebook.cells import parse_cells
 from converter.notebook.drafts import Report, code_cell
 from converter.notebook.settings import notebook_settings
+from converter.notebook.structure import check_structure
 
 
 def read_notebook(path: str | Path) -> Pipeline:
@@ -55,8 +56,9 @@ def load(path: Path) -> dict[str, Any]:
         raise CellpipeError(f"{path}: not a readable Jupyter notebook ({reason})") from None
     if isinstance(data, dict) and data.get("nbformat") == 4 and isinstance(data.get("cells"), list):
         for cell in data["cells"]:
-            if isinstance(cell, dict) and isinstance(cell.get("source"), list):
-                cell["source"] = "".join(str(line) for line in cell["source"])
+            source = cell.get("source") if isinstance(cell, dict) else None
+            if isinstance(source, list) and all(isinstance(line, str) for line in source):
+                cell["source"] = "".join(source)  # anything else is for check_structure to report
         return data
     import nbformat
 
@@ -70,7 +72,7 @@ def load(path: Path) -> dict[str, Any]:
 def check_node(nb: Mapping[str, Any], notebook: str) -> tuple[Pipeline | None, list[Problem]]:
     """Build the pipeline of an in-memory notebook; the server extension calls this directly."""
     report = Report(notebook)
-    pipeline = _build(report, nb)
+    pipeline = _build(report, nb) if check_structure(report, nb) else None
     problems = sorted(report.problems, key=_problem_order)
     if any(p.severity == "error" for p in problems):
         return None, problems

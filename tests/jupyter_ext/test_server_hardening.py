@@ -87,3 +87,21 @@ async def test_a_run_whose_engine_died_reads_failed_and_its_stream_ends(
     assert kinds[-2:] == ["step_failed", "run_finished"]
     status, answer = await error_of(jp_fetch(API, "runs", ids[1], method="DELETE"))
     assert status == 409 and answer["state"] == "failed"
+
+
+async def test_malformed_notebook_json_is_a_4xx_naming_the_cell(jp_fetch: Fetch, root: Path) -> None:
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [{"cell_type": "code", "source": 12345, "metadata": {"tags": [1, None, {}]}}],
+    }
+    (root / "bad.ipynb").write_text(json.dumps(nb))
+    for endpoint in ("runs", "compile"):
+        status, answer = await error_of(
+            jp_fetch(API, endpoint, method="POST", body=json.dumps({"path": "bad.ipynb"}))
+        )
+        assert status == 422 and answer["problems"] and {p["cell"] for p in answer["problems"]} == {0}
+    response = await jp_fetch(API, "validate", method="POST", body=json.dumps({"path": "bad.ipynb"}))
+    answer = json.loads(response.body)
+    assert answer["valid"] is False and any("source must be" in p["message"] for p in answer["problems"])
