@@ -648,6 +648,18 @@ def test_second_run_is_cached_and_starts_no_process(folder: Path, workspace: Pat
     assert fourth.step_states == {"a": "cached", "b": "succeeded"} and fourth.metrics == {"score": 63.0}
 
 
+def test_a_changed_step_runtime_misses_the_cache(
+    folder: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime is an argument of the step program, not part of it: it must still key the cache."""
+    pipeline = make_pipeline(make_step("a", "x = 1", outputs=("x",)))
+    run(pipeline, folder, workspace)
+    assert run(pipeline, folder, workspace)[0].step_states == {"a": "cached"}
+    changed = stepcode.packed(stepcode.runtime_source() + "\n# changed\n")
+    monkeypatch.setattr(stepcode, "packed_runtime", lambda: changed)
+    assert run(pipeline, folder, workspace)[0].step_states == {"a": "succeeded"}
+
+
 def test_uncached_step_reruns_with_its_downstream(folder: Path, workspace: Path) -> None:
     pipeline = make_pipeline(
         make_step("fresh", "import time\nstamp = time.time()", outputs=("stamp",), cache=False),

@@ -377,7 +377,7 @@ class _Run:
         }
         run.params = {name: _rendered(self.values[name]) for name in step.parameters}
         run.key = cache_key(
-            self.programs[step.name],
+            stepcode.packed_runtime() + "\n" + self.programs[step.name],  # the command: runtime and program
             run.inputs,
             run.params,
             step.settings.image or self.pipeline.image,
