@@ -30,7 +30,6 @@ PENDING_LONG_CLASSES = {
     "converter/engines/local/engine.py:_Run",
     "converter/engines/local/processes.py:StepProcesses",
     "converter/store/runstore.py:RunStore",
-    "jupyter_ext/widgets.py:RunMonitor",
 }
 
 
