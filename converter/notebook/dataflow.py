@@ -134,7 +134,7 @@ def data_flow(
     }
     for draft in drafts:
         tags.check_resources(report.notebook, draft.first.index, settings_of[draft.name], report.problems)
-    edges = order.edges(drafts, step_inputs)
+    edges = order.edges(drafts, step_inputs, order.file_order(report, drafts, step_analysis))
     ordered = order.topological(report, drafts, edges)
     if ordered is None or any(p.severity == "error" for p in report.problems):
         return None, None

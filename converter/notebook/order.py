@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 from converter.model import Edge, Pipeline
+from converter.notebook.analysis import CellAnalysis
 from converter.notebook.drafts import Report, StepDraft, cell_tag
 
 
-def edges(drafts: list[StepDraft], step_inputs: Mapping[str, Mapping[str, str]]) -> tuple[Edge, ...]:
+def edges(
+    drafts: list[StepDraft],
+    step_inputs: Mapping[str, Mapping[str, str]],
+    ordering: Iterable[tuple[str, str]] = (),
+) -> tuple[Edge, ...]:
+    """Data edges, then `after` edges for after: tags and for `ordering` (files, notebook order)."""
     carried: dict[tuple[str, str], set[str]] = {}
     for consumer, inputs in step_inputs.items():
         for name, producer in inputs.items():
@@ -20,7 +27,57 @@ def edges(drafts: list[StepDraft], step_inputs: Mapping[str, Mapping[str, str]])
             # Unknown and self targets are already errors; leaving them out keeps the cycle check sound.
             if (target, draft.name) not in carried and target != draft.name and target in names:
                 edges.append(Edge(target, draft.name, "after"))
+    linked = {(e.source, e.target) for e in edges}
+    for source, target in ordering:
+        if (source, target) not in linked and source in names and target in names:
+            linked.add((source, target))
+            edges.append(Edge(source, target, "after"))
     return tuple(sorted(edges, key=lambda e: (e.source, e.target)))
+
+
+def file_order(
+    report: Report, drafts: Sequence[StepDraft], step_analysis: Mapping[str, CellAnalysis]
+) -> list[tuple[str, str]]:
+    """(earlier, later) step pairs that must keep their notebook order because of the files they touch.
+
+    A step reading a file after an earlier step writes it runs after that writer; a step writing a
+    file runs after the earlier steps that read or wrote it. When a step touches files it cannot name
+    (a computed path, a shell command), every step that touches files keeps its notebook order, and
+    the warning says so: the analysis cannot be sure, so the notebook's order decides.
+    """
+    touching = [
+        d
+        for d in drafts
+        if (a := step_analysis.get(d.name)) is not None
+        and (a.paths_read or a.paths_written or a.paths_unknown)
+    ]
+    unknown = [d for d in touching if step_analysis[d.name].paths_unknown]
+    if unknown:
+        for draft in unknown:
+            cell = next((c for c in draft.cells if c.analysis and c.analysis.paths_unknown), draft.first)
+            report.warn(
+                cell.index,
+                cell_tag(cell.tags),
+                f"step {draft.name!r} touches files it cannot name (a computed path or a shell command): "
+                "the steps that touch files run in notebook order",
+            )
+        return [(a.name, b.name) for a, b in itertools.pairwise(touching)]
+    pairs: list[tuple[str, str]] = []
+    writer: dict[str, str] = {}
+    readers: dict[str, list[str]] = {}  # path -> steps that read it since it was last written
+    for draft in touching:
+        analysis = step_analysis[draft.name]
+        for path in sorted(analysis.paths_read | analysis.paths_written):
+            if path in writer:
+                pairs.append((writer[path], draft.name))
+        for path in sorted(analysis.paths_written):
+            pairs.extend((reader, draft.name) for reader in readers.get(path, []))
+        for path in analysis.paths_read:
+            readers.setdefault(path, []).append(draft.name)
+        for path in analysis.paths_written:
+            writer[path] = draft.name
+            readers[path] = []
+    return [(a, b) for a, b in dict.fromkeys(pairs) if a != b]
 
 
 def topological(report: Report, drafts: list[StepDraft], edges: Iterable[Edge]) -> list[StepDraft] | None:

@@ -33,7 +33,6 @@ TIMEOUT = 120  # seconds for one cell (papermill); a whole batch gets four times
 _IPYTHON_DISPLAY = "issue 10 item 2: steps run without IPython's display formatter (type(1), long lists)"
 _TRACEBACK = "issue 10 items 2/8: step errors show a plain Python traceback, not IPython's"
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("files_between_steps", "steps"): "issue 10 item 4: a computed path is refused (undefined name)",
     ("kale_parameters_metrics", "steps"): "issue 10 item 12: pipeline parameters refused as metrics",
     ("magics_and_shell", "steps"): "issue 10 item 7: module check runs before %%writefile made the module",
     ("magics_and_shell", "untagged"): "issue 10 item 7: module check runs before %%writefile made the module",

@@ -855,3 +855,44 @@ def test_what_cannot_be_proven_harmless_passes_the_value_on() -> None:
     )
     assert p.producer("show", "data") == "use"  # a function an earlier step defined, that changes d
     assert p.producer("show", "lst") == "load"  # count() leaves a list alone
+
+
+def after_edges(p: Pipeline) -> set[tuple[str, str]]:
+    return {(e.source, e.target) for e in p.edges if e.kind == "after"}
+
+
+def test_files_written_and_read_by_steps_order_them() -> None:
+    p = read(
+        ("open('data.txt', 'w').write('1')", ["step:save"]),
+        ("import pandas as pd\npd.DataFrame({'a': [1]}).to_csv('t.csv')", ["step:table"]),
+        ("print(open('data.txt').read())", ["step:load"]),
+        ("import pandas as pd\nprint(pd.read_csv('t.csv'))", ["step:read_table"]),
+        ("open('data.txt', 'w').write('2')", ["step:overwrite"]),
+        ("print(1)", ["step:unrelated"]),
+    )
+    assert after_edges(p) == {
+        ("save", "load"),  # read after write
+        ("table", "read_table"),
+        ("save", "overwrite"),  # write after write
+        ("load", "overwrite"),  # write after read
+    }
+    assert not any("notebook order" in w.message for w in p.warnings)
+
+
+def test_a_computed_path_keeps_the_steps_that_touch_files_in_notebook_order() -> None:
+    p, problems = check(
+        ("import os\nname = os.path.join('out', 'r.txt')", ["step:name"]),
+        ("open(name, 'w').write('1')", ["step:write"]),
+        ("print(2)", ["step:unrelated"]),
+        ("import numpy as np\nnp.save('w.npy', np.ones(2))", ["step:save"]),
+        ("!ls", ["step:shell"]),
+    )
+    assert p is not None
+    assert {("write", "save"), ("save", "shell")} <= after_edges(p)
+    assert "unrelated" not in {t for e in p.edges for t in (e.source, e.target)}
+    assert [str(w) for w in problems if "cannot name" in w.message] == [
+        "nb.ipynb: cell 1 [step:write]: warning: step 'write' touches files it cannot name (a computed "
+        "path or a shell command): the steps that touch files run in notebook order",
+        "nb.ipynb: cell 4 [step:shell]: warning: step 'shell' touches files it cannot name (a computed "
+        "path or a shell command): the steps that touch files run in notebook order",
+    ]

@@ -36,6 +36,7 @@ class _CellAnalyzer(_Expressions):
                 {n: i.mutates - BUILTIN_NAMES for n, i in functions.items() if i.mutates - BUILTIN_NAMES}
             ),
             function_assigns=_frozen_map({n: i.assigns for n, i in functions.items() if i.assigns}),
+            paths_unknown=self.paths_unknown,
             may_mutate=frozenset(self.may_mutate - self.mutates - BUILTIN_NAMES),
             calls=MappingProxyType({n: tuple(sites) for n, sites in sorted(self.calls.items())}),
             mutating_functions=MappingProxyType(

@@ -63,11 +63,25 @@ def _open_mode(node: ast.Call, index: int) -> str | None:
     return "r" if mode is None else _string(mode)
 
 
+def _built_path(node: ast.expr) -> bool:
+    """An f-string, a string concatenation or a join/Path call: a path computed at run time."""
+    if isinstance(node, ast.JoinedStr | ast.BinOp):
+        return True
+    func = node.func if isinstance(node, ast.Call) else None
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return name in ("join", "Path", "PurePath", "PosixPath", "abspath", "expanduser", "format")
+
+
+_PATH_METHODS = frozenset({"read_text", "read_bytes", "write_text", "write_bytes", "touch", "unlink"})
+
+
 class _Files(_Scopes):
     """Paths given to open(), pathlib, readers and writers."""
 
     def _file_paths(self, node: ast.Call, name: str, receiver: ast.expr | None) -> None:
         path_object = None if receiver is None else _path_object(receiver)
+        if path_object is None and name in _PATH_METHODS and receiver is not None:
+            self.paths_unknown = True  # a Path (or file-like) built elsewhere: which file is unknown
         if path_object is not None:
             if name in ("read_text", "read_bytes"):
                 self._path(path_object, "r")
@@ -76,14 +90,31 @@ class _Files(_Scopes):
             elif name == "open":
                 self._path(path_object, _open_mode(node, 0))
         elif name == "open":
-            self._path(_string(_argument(node, 0, ("file", "filename", "fp"))), _open_mode(node, 1))
+            path = _argument(node, 0, ("file", "filename", "fp"))
+            self._computed(path)
+            self._path(_string(path), _open_mode(node, 1))
         elif name in _READERS:
-            self._path(_path_argument(node, _READERS[name]), "r")
+            index = _READERS[name]
+            self._computed_path(node, index)
+            self._path(_path_argument(node, index), "r")
         elif name in _WRITERS:
-            self._path(_path_argument(node, _WRITERS[name]), "w")
+            index = _WRITERS[name]
+            self._computed_path(node, index)
+            self._path(_path_argument(node, index), "w")
         elif name in _COPIERS and receiver is not None:
             self._path(_string(_argument(node, 0, ("src",))), "r")
             self._path(_string(_argument(node, 1, ("dst",))), "w")
+
+    def _computed_path(self, node: ast.Call, index: int | None) -> None:
+        if index is not None:
+            self._computed(_argument(node, index, _PATH_KEYWORDS))
+        elif _path_argument(node, None) is None and any(_built_path(a) for a in node.args[:2]):
+            self.paths_unknown = True  # np.save(f"{folder}/w.npy", a), joblib.dump(m, os.path.join(...))
+
+    def _computed(self, path: ast.expr | None) -> None:
+        """A file API given a path that is not a string literal: which file it touches is unknown."""
+        if path is not None and _string(path) is None:
+            self.paths_unknown = True
 
     def _path(self, path: str | None, mode: str | None) -> None:
         if not path or not mode or "://" in path or not path.strip() or "\0" in path:

@@ -32,6 +32,13 @@ _INERT_LINE_MAGICS = frozenset(
     }
 )  # fmt: skip
 _SHELL_CELL_MAGICS = frozenset({"!", "sx", "system"})
+# Line magics that touch files we cannot name (shell commands, the working folder).
+_FILE_LINE_MAGICS = frozenset(
+    {
+        "sx", "system", "cp", "mv", "rm", "rmdir", "mkdir", "cat", "cd", "pushd", "popd", "save",
+        "store", "load", "loadpy", "pycat", "logstart", "ls", "ll", "lf", "lk", "ldir", "lx",
+    }
+)  # fmt: skip
 _SCRIPT_CELL_MAGICS = frozenset(
     {"bash", "sh", "script", "perl", "ruby", "python", "python2", "python3", "pypy"}
 )
@@ -78,6 +85,7 @@ class _Magics(_Files):
             self._cell_magic(texts[0], texts[1], texts[2], node)
         elif method in ("system", "getoutput") and len(texts) == 1:
             self._expand(texts[0])
+            self.paths_unknown = True  # a shell command may read or write any file
         else:
             return False
         return True
@@ -85,6 +93,8 @@ class _Magics(_Files):
     def _line_magic(self, name: str, line: str, node: ast.Call) -> None:
         if name not in _NO_VAR_EXPAND:
             self._expand(line)
+        if name in _FILE_LINE_MAGICS:
+            self.paths_unknown = True
         if name == "time":
             self._splice(line, node, "%time", cell=False)
         elif name == "debug":
@@ -122,14 +132,17 @@ class _Magics(_Files):
                 self._splice(_option_rest(line, _TIMEIT_OPTIONS), node, "%%timeit setup", cell=False)
                 self._splice(body, node, "%%timeit", cell=True)
         elif name in ("writefile", "file"):
+            self.paths_unknown |= "$" in line or "{" in line
             if "$" not in line and "{" not in line:
                 path = next((w for w in _words(line) if w not in ("-a", "--append")), None)
                 self._path(path, "a" if {"-a", "--append"} & set(line.split()) else "w")
         elif name in _SCRIPT_CELL_MAGICS:
+            self.paths_unknown = True
             for var in _script_outputs(line):
                 self._bind(var)
         elif name in _SHELL_CELL_MAGICS:
             self._expand(body)
+            self.paths_unknown = True
         elif name not in _TEXT_CELL_MAGICS:
             self.opaque = True
 

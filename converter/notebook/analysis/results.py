@@ -110,6 +110,8 @@ class CellAnalysis:
     # Names from outside the cell it calls a method on whose effect is unknown (not known to change
     # the receiver, nor known to leave it alone): the reader treats them as changed.
     may_mutate: frozenset[str] = frozenset()
+    # Reads or writes files it cannot name: a computed path, a shell command, a script magic.
+    paths_unknown: bool = False
     calls: Mapping[str, tuple[CallSite, ...]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )  # function defined outside the cell -> its calls (arguments: names from outside the cell)

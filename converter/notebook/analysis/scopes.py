@@ -179,6 +179,7 @@ class _Scopes:
         self.opaque = False
         self.paths_read: set[str] = set()
         self.paths_written: set[str] = set()
+        self.paths_unknown = False  # see CellAnalysis.paths_unknown
 
     @contextmanager
     def _inside(self, frame: _Frame) -> Iterator[None]:

@@ -89,6 +89,7 @@ def analyze_sequence(cells: Sequence[CellAnalysis]) -> CellAnalysis:
         conditional_assigns=frozenset(maybe - definite),
         function_mutates=_frozen_map({n: i.mutates for n, i in final.items() if i.mutates}),
         function_assigns=_frozen_map({n: i.assigns for n, i in final.items() if i.assigns}),
+        paths_unknown=any(c.paths_unknown for c in cells),
         may_mutate=frozenset(may_mutate - mutates),
         calls=MappingProxyType({n: tuple(sites) for n, sites in sorted(calls.items())}),
         mutating_functions=MappingProxyType(
