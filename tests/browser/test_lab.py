@@ -362,10 +362,11 @@ def _open(page: Any, path: str) -> None:
 
 
 def _docs_shot(page: Any, name: str, theme: str = "light") -> None:
-    """A screenshot for the docs (docs/images/), and a copy with the test artifacts."""
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DOCS_IMAGES / f"lab-{name}-{theme}.png"))
-    _shot(page, f"{name}-{theme}")
+    """A screenshot of a stage the docs show; with CELLPIPE_DOCS_IMAGES=1 it replaces docs/images/'s copy."""
+    _shot(page, f"lab-{name}-{theme}")
+    if os.environ.get("CELLPIPE_DOCS_IMAGES") == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ARTIFACTS / f"lab-{name}-{theme}.png", DOCS_IMAGES / f"lab-{name}-{theme}.png")
 
 
 def _field(page: Any, key: str) -> Any:
