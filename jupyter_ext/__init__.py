@@ -6,6 +6,9 @@ the widgets are imported on first use, so loading the extension never imports ip
     from jupyter_ext import launcher, run_notebook
     launcher("train.ipynb")            # typed parameter inputs, engine choice, Run button
     monitor = run_notebook("train.ipynb", {"C": 0.5})
+
+In a kernel, ``%load_ext jupyter_ext`` adds the ``%cellpipe`` line magic (`jupyter_ext.magics`):
+``%cellpipe inputs RUN STEP`` loads what a step of a run read and inserts its code, to debug it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     endpoints = KfpEndpoints(Cellpipe(parent=serverapp).kfp_endpoints, serverapp.log)
     setup(serverapp.web_app, serverapp.root_dir, [*cells.HANDLERS, *results.HANDLERS], endpoints)
     serverapp.log.info("cellpipe: REST API at %scellpipe/api/", serverapp.base_url)
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext jupyter_ext``: the ``%cellpipe`` magic."""
+    from jupyter_ext import magics
+
+    magics.load_ipython_extension(shell)
 
 
 def __getattr__(name: str) -> Any:

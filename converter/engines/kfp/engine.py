@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -40,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import yaml
 
 from converter.engines import lifecycle
 from converter.engines.base import RunRequest, RunResult, run_started_data
@@ -58,6 +61,8 @@ POLL_MAX_SECONDS = 10.0
 LOST_CONTACT_SECONDS = 300.0  # transient errors for this long in a row end the monitoring (not the run)
 CANCEL_CONFIRM_SECONDS = 120.0  # after asking the cluster to cancel, wait this long for CANCELED
 LOG_DRAIN_SECONDS = 5.0
+DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"  # KFP's default artifact store
+PIPELINE_ROOT_VARIABLE = "CELLPIPE_KFP_PIPELINE_ROOT"  # a deployment's own defaultPipelineRoot
 TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"})
 _RUN_OUTCOME: dict[str, RunState] = {
     "SUCCEEDED": "succeeded",
@@ -152,7 +157,21 @@ class KfpEngine:
         self.notify(
             f"running on {cluster.host} as KFP run {remote.run_id}: {cluster.run_url(str(remote.run_id))}"
         )
-        return _Monitor(self, cluster, request, published, str(remote.run_id), values, sinks).execute()
+        monitor = _Monitor(self, cluster, request, published, str(remote.run_id), values, sinks)
+        monitor.artifact_root = run_artifact_root(ir_yaml, str(remote.run_id))
+        return monitor.execute()
+
+
+def run_artifact_root(ir_yaml: str, remote_id: str) -> str:
+    """Where the cluster writes a run's artifacts, as KFP v2's driver lays it out.
+
+    The pipeline root (`$CELLPIPE_KFP_PIPELINE_ROOT`, else KFP's default MinIO bucket) / the IR's
+    pipeline name / the run id; below it each task's launcher writes ``TASK/[SALT/]ARTIFACT/``, the
+    folder the step runtime wrote (``value.<fmt>`` + ``meta.json``).
+    """
+    root = os.environ.get(PIPELINE_ROOT_VARIABLE) or DEFAULT_PIPELINE_ROOT
+    name = (yaml.safe_load(ir_yaml.split("\n---", 1)[0]) or {}).get("pipelineInfo", {}).get("name", "")
+    return f"{root.rstrip('/')}/{name}/{remote_id}"
 
 
 @dataclass
@@ -186,6 +205,8 @@ class _Monitor:
             values,
         )
         self.tasks = task_names(self.pipeline)
+        self.task_of = {step: task for task, step in self.tasks.items()}
+        self.artifact_root: str | None = None  # set by KfpEngine.run (see run_artifact_root)
         self.store = RunStore(engine.workspace.database)
         self.run_id = self.store.create_run(
             self.pipeline.name,
@@ -279,6 +300,7 @@ class _Monitor:
             pipeline_id=self.published.pipeline_id,
             pipeline_version_id=self.published.version_id,
             pipeline_version=self.published.version_name,
+            artifact_root=self.artifact_root,
             warnings=list(self.warnings),
         )
 
@@ -442,7 +464,15 @@ class _Monitor:
         folder = self.engine.workspace.step_folder(self.run_id, step.name)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "log.txt").touch()
-        data = {"folder": str(folder), "log": str(folder / "log.txt")}
+        model = self.pipeline.step(step.name)
+        # The exact program the task runs, and where its inputs are below the run's artifact root:
+        # what `%cellpipe inputs` needs to debug the step in a kernel.
+        (folder / "program.py").write_text(stepcode.program(self.pipeline, model), encoding="utf-8")
+        inputs = {
+            var: f"{self.task_of[self.pipeline.producer(step.name, var)]}/{self._output_name(var, step.name)}"
+            for var in model.inputs
+        }
+        data: dict[str, Any] = {"folder": str(folder), "log": str(folder / "log.txt"), "inputs": inputs}
         if step.pod:
             data["pod"] = step.pod
         with self._log_lock:
@@ -451,6 +481,11 @@ class _Monitor:
             for line in step.early:
                 self._log_line(step, line)
             step.early.clear()
+
+    def _output_name(self, var: str, reader: str) -> str:
+        """The artifact name under which the step producing `var` for `reader` wrote it."""
+        producer = self.pipeline.step(self.pipeline.producer(reader, var))
+        return stepcode.artifact_names(producer)[1][var]
 
     def _ended(self, step: _Step, reported: float | None) -> float:
         """Let the step's log stream finish (its lines come before its end) and say how long it took."""

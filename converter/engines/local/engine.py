@@ -514,7 +514,8 @@ class _Run:
             "step_started",
             step=step.name,
             attempt=run.attempt,
-            data={"folder": str(folder), "log": str(log_path)},
+            # the input artifacts by digest: what `%cellpipe inputs` loads to debug the step
+            data={"folder": str(folder), "log": str(log_path), "inputs": dict(run.inputs)},
         )
         self.processes.start(
             Launch(
