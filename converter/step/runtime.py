@@ -38,6 +38,8 @@ _REPRS = (
     ("image/jpeg", "_repr_jpeg_"),
 )
 _SHARED_ROLES = ("imports", "functions")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 _CSS = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}"
     "pre{white-space:pre-wrap;margin:.3em 0;padding:.5em;border-radius:4px;overflow-x:auto}"
@@ -395,7 +397,129 @@ def _render(output: dict[str, Any]) -> str:
 
 
 def _text(text: str) -> str:
-    return html.escape(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text))
+    return html.escape(_ANSI.sub("", text))
+
+
+_HOLDER = "__cellpipe_kernel_shell__"  # sys.modules entry: the shell and the step it records for
+
+
+def _holder() -> Any:  # a module used as a namespace: shell, step, used
+    """Where the shell lives between `preload_shell` (the fork server) and the step that uses it.
+
+    A module in sys.modules, because the fork server and the step program are two executions of
+    this source: the shell's classes reach the running step through it, not through a closure.
+    """
+    holder = sys.modules.get(_HOLDER)
+    if holder is None:
+        holder = types.ModuleType(_HOLDER)
+        holder.__dict__.update(shell=None, step=None, used=False)
+        sys.modules[_HOLDER] = holder
+    return holder
+
+
+def preload_shell() -> None:
+    """Create the step's shell ahead of time (the local fork server does, before the imports cells'
+    imports, so a step pays neither IPython's import nor the shell's ~70 ms set-up).
+
+    ``get_ipython`` goes into builtins, as in a kernel, so libraries imported next see the shell:
+    pandas picks its notebook defaults, matplotlib's inline backend hooks into it.
+    """
+    import builtins
+
+    shell = _new_shell()
+    builtins.get_ipython = shell.get_ipython  # type: ignore[attr-defined]
+    shell.transform_cell("x = 1\n")  # warms the tokenizer's regular expressions for every step
+
+
+def _kernel_shell(step: _Step) -> Any:
+    """The shell the step's cells run in: the preloaded one if there is one, else a new one."""
+    holder = _holder()
+    if holder.shell is None or holder.used:
+        _new_shell()
+        inline = sys.modules.get("matplotlib_inline.backend_inline")
+        if inline is not None:  # loaded before this shell existed: hook it up now
+            inline._enable_matplotlib_integration()
+    holder.step, holder.used = step, True
+    return holder.shell
+
+
+def _new_shell() -> Any:
+    """An IPython shell that behaves like ipykernel's, recording outputs instead of sending them.
+
+    What a kernel adds to IPython's InteractiveShell, and so what Jupyter shows, is here: results
+    through the display formatter as ``execute_result`` (``x;`` hidden, ``type(1)`` shows ``int``),
+    ``display()`` as ``display_data``, errors with the kernel's coloured traceback, the inline
+    matplotlib backend flushing figures as PNG at the end of each cell (``%matplotlib inline``
+    works: GUI event loops are a no-op, as in ipykernel), and the environment ipykernel sets up
+    (``FORCE_COLOR`` and friends, so libraries print the ANSI colour they print under a kernel).
+
+    Libraries that ask whether they run in a notebook frontend get ipykernel's answers: pandas looks
+    for "zmq" in the shell's type name (text repr width) and for a ``kernel`` attribute (20 columns
+    shown by default), so the class name says ZMQ and ``kernel`` is there, empty.
+    """
+    os.environ.setdefault("MPLBACKEND", _INLINE_BACKEND if _importable("matplotlib_inline") else "Agg")
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets import Type
+    from traitlets.config import Config
+
+    holder = _holder()
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data: dict[str, Any], metadata: Any = None, *a: Any, **k: Any) -> None:
+            holder.step.record({"output_type": "display_data", "data": data, "metadata": metadata or {}})
+
+        def clear_output(self, wait: bool = False) -> None:
+            holder.step.outputs.clear()
+
+    class Hook(DisplayHook):
+        """ipykernel's ZMQShellDisplayHook, recording the result instead of sending it."""
+
+        def start_displayhook(self) -> None:
+            self.bundle: dict[str, Any] = {"data": {}, "metadata": {}}
+
+        def write_output_prompt(self) -> None:
+            pass
+
+        def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
+            self.bundle = {"data": format_dict, "metadata": md_dict or {}}
+
+        def finish_displayhook(self) -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if self.bundle["data"]:
+                count = self.prompt_count
+                holder.step.record({"output_type": "execute_result", **self.bundle, "execution_count": count})
+
+    class CellpipeZMQCompatibleShell(InteractiveShell):
+        displayhook_class = Type(Hook)
+        display_pub_class = Type(Publisher)
+        kernel = None
+
+        def init_environment(self) -> None:  # as ipykernel's ZMQInteractiveShell
+            os.environ.update(
+                TERM="xterm-color", CLICOLOR="1", FORCE_COLOR="1", CLICOLOR_FORCE="1", PAGER="cat"
+            )
+            os.environ["GIT_PAGER"] = "cat"
+
+        def enable_gui(self, gui: Any = None) -> None:
+            pass  # no event loop to integrate with: figures are shown inline
+
+        def _showtraceback(self, etype: type, evalue: BaseException, stb: Any) -> None:
+            holder.step.shell_error(etype, evalue, stb)
+
+        def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
+            if exc_tuple is None and isinstance(sys.exc_info()[1], SystemExit):
+                raise  # ends the step: code 0 stops it successfully (see the module docstring)
+            super().showtraceback(exc_tuple, *args, **kwargs)
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no sqlite file or saver thread in a pod
+    if InteractiveShell._instance is not None:  # an earlier step run in this process (tests)
+        type(InteractiveShell._instance).clear_instance()
+    holder.shell, holder.used = CellpipeZMQCompatibleShell.instance(config=config), False
+    return holder.shell
 
 
 class _Step:
@@ -451,48 +575,30 @@ class _Step:
     def _namespace(self) -> dict[str, Any]:
         """A fresh __main__ for the cells; registered in sys.modules so pickle finds their classes.
 
-        Cells that import IPython themselves (``from IPython.display import HTML``) get the shell too,
-        so their display() calls are recorded rather than printed as reprs.
+        With IPython importable (always locally: the fork server preloads it), the cells run in a
+        kernel-like shell (`_kernel_shell`) so they show what Jupyter shows. Without it (a bare
+        image on KFP) they run as plain Python with a minimal `display()`.
         """
-        os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI on a pod; figures are captured instead
-        imports_ipython = re.compile(r"^\s*(from|import)\s+IPython\b", re.MULTILINE)
-        cells = self.spec.get("cells", [])
-        wants_shell = self.spec.get("ipython") or any(imports_ipython.search(c["code"]) for c in cells)
-        if wants_shell and _importable("IPython"):
-            from IPython.core.displaypub import DisplayPublisher
-            from IPython.core.interactiveshell import InteractiveShell
-            from traitlets.config import Config
-
-            step = self
-
-            class Recorder(DisplayPublisher):
-                def publish(self, data: dict[str, Any], metadata: Any = None, *a: Any, **k: Any) -> None:
-                    step.record({"output_type": "display_data", "data": data, "metadata": metadata or {}})
-
-                def clear_output(self, wait: bool = False) -> None:
-                    step.outputs.clear()
-
-            config = Config()
-            config.HistoryManager.enabled = False  # no sqlite file or saver thread in a pod
-            config.InteractiveShell.colors = "NoColor"
-            self.shell = InteractiveShell.instance(config=config)
-            self.shell.display_pub = Recorder(shell=self.shell)
-            self.shell._showtraceback = self._shell_traceback
+        if _importable("IPython"):
+            self.shell = _kernel_shell(self)
             module = self.shell.user_module
         else:
+            os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI on a pod; figures are captured instead
             module = types.ModuleType("__main__")
             module.__dict__["display"] = self._display
         sys.modules["__main__"] = module
         return module.__dict__
 
-    def _shell_traceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
-        """An error IPython handled itself (in `%time`, `%%capture`...): an error output, as in Jupyter.
+    def shell_error(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
+        """An error output exactly as ipykernel sends it (coloured traceback included).
 
-        Like a notebook kernel, the cell does not fail for it.
+        Errors IPython handles itself (in `%time`, `%%capture`...) do not fail the cell, as in Jupyter;
+        an error escaping the cell's code does (see `_run_cell`).
         """
         error = {"output_type": "error", "ename": etype.__name__, "evalue": str(evalue), "traceback": stb}
         self.outputs.append(error)
-        self.real_err.write("\n".join(stb) + "\n")
+        self.real_err.write(_ANSI.sub("", "\n".join(stb)) + "\n")
+        self.real_err.flush()
 
     def _display(self, *objs: Any, raw: bool = False, metadata: Any = None, **_: Any) -> None:
         """IPython's `display` for kernels without IPython: records rich display_data outputs."""
@@ -540,21 +646,32 @@ class _Step:
             for count, cell in enumerate(self.spec.get("cells", []), 1):
                 self.outputs = []
                 started = time.perf_counter()
-                error = self._run_cell(cell["index"], cell["code"], count)
-                self._flush_figures()
+                error, shown = self._run_cell(cell, count)
+                if self.shell is None:
+                    self._flush_figures()
                 self._finish_outputs()
                 t = round(time.perf_counter() - started, 3)
                 self.done.append({**cell, "execution_count": count, "outputs": self.outputs, "seconds": t})
                 if isinstance(error, SystemExit) and error.code in (None, 0):
                     return True
                 if error is not None:
-                    self._record_error(cell["index"], error)
+                    self._record_error(cell["index"], error, shown)
                     return False
             return True
         finally:
             sys.stdout, sys.stderr = real_out, self.real_err
 
-    def _run_cell(self, index: int, code: str, count: int) -> BaseException | None:
+    def _run_cell(self, cell: dict[str, Any], count: int) -> tuple[BaseException | None, bool]:
+        """The error that ended the cell, if any, and whether it is already shown as an output."""
+        if self.shell is not None:
+            try:  # the notebook's own source: IPython transforms magics exactly as in Jupyter
+                result = self.shell.run_cell(cell.get("source", cell["code"]), store_history=True)
+            except SystemExit as stop:  # let through by the shell (see _kernel_shell)
+                self.shell.events.trigger("post_execute")  # the inline backend's figures
+                return stop, False
+            error = result.error_before_exec or result.error_in_exec
+            return error, error is not None
+        index, code = cell["index"], cell["code"]
         filename = f"<cell {index}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
@@ -571,22 +688,26 @@ class _Step:
                     result = {"output_type": "execute_result", "data": self._mime(value), "metadata": {}}
                     self.record({**result, "execution_count": count})
         except BaseException as error:  # SystemExit and KeyboardInterrupt end the step too
-            return error
-        return None
+            return error, False
+        return None, False
 
-    def _record_error(self, index: int, error: BaseException) -> None:
+    def _record_error(self, index: int, error: BaseException, shown: bool = False) -> None:
         import traceback
 
+        ename, evalue = type(error).__name__, str(error)
+        if isinstance(error, SyntaxError) and shown:
+            evalue = f"{error.msg} (line {error.lineno})"  # not IPython's internal file name
+        self.error_cell = index
+        self.failure = f"cell {index} raised {ename}: {evalue}"
+        if shown:  # the shell recorded it, as ipykernel would
+            return
         tb = error.__traceback__
         while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
             tb = tb.tb_next  # hide the runtime's own frames
         lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
-        ename, evalue = type(error).__name__, str(error)
         self.outputs.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines})
         self.real_err.write("\n".join(lines) + "\n")
         self.real_err.flush()
-        self.error_cell = index
-        self.failure = f"cell {index} raised {ename}: {evalue}"
 
     def _flush_figures(self) -> None:
         """Open matplotlib figures become PNG display outputs, as the inline backend does."""

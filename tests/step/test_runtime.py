@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 from converter.step import runtime
-from converter.step.runtime import METRICS_LOG_PREFIX, load_value, run_step, save_value
+from converter.step.runtime import METRICS_LOG_PREFIX, load_value, save_value
 
 RUNTIME = Path(runtime.__file__).read_text(encoding="utf-8")
 
@@ -166,7 +167,8 @@ def test_parameters_arrive_typed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("raw", "expected"), [("True", True), ("False", False), ("1", True), ("0", False)])
 def test_bool_parameter_spellings(raw: str, expected: bool, tmp_path: Path) -> None:
     spec = make_spec(cell(1, f"assert flag is {expected}\n"), parameters={"flag": "bool"})
-    assert run_step(spec, ["--param", "flag", raw]) == 0
+    result = run(spec, "--param", "flag", raw, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 def test_bad_parameter_value_is_a_clear_error(tmp_path: Path) -> None:
@@ -233,7 +235,7 @@ def test_failing_cell_records_the_error_and_still_writes_results(tmp_path: Path)
         spec, "--output", "b", tmp_path / "b", "--cell-outputs", outputs, "--report", report, cwd=tmp_path
     )
     assert result.returncode == 1
-    assert 'File "<cell 7>", line 2' in result.stderr and "b / (a - 1)" in result.stderr
+    assert "Cell In[2], line 2" in result.stderr and "b / (a - 1)" in result.stderr  # as Jupyter shows it
     assert "step 'train'" in result.stderr and "cell 7" in result.stderr.splitlines()[-1]
     assert "never" not in result.stdout
     assert not (tmp_path / "b").exists()
@@ -257,7 +259,7 @@ def test_failing_cell_records_the_error_and_still_writes_results(tmp_path: Path)
 def test_syntax_error_names_the_cell(tmp_path: Path) -> None:
     result = run(make_spec(cell(2, "x = (\n")), "--cell-outputs", tmp_path / "c.json", cwd=tmp_path)
     assert result.returncode == 1
-    assert "<cell 2>" in result.stderr and "SyntaxError" in result.stderr
+    assert "cell 2 raised SyntaxError: incomplete input (line 1)" in result.stderr
     assert cell_outputs(tmp_path / "c.json")["error_cell"] == 2
 
 
@@ -338,7 +340,8 @@ print("fails" if result.error_in_exec is not None else "goes on")
 
 def test_an_error_inside_a_magic_is_handled_as_ipython_handles_it(tmp_path: Path) -> None:
     """IPython 8's %time shows the error and the cell goes on; IPython 9's fails the cell. Either way,
-    the step does what a notebook with this IPython would do, and records the error without colours."""
+    the step does what a notebook with this IPython would do, and records the error as ipykernel does
+    (papermill's notebooks keep the kernel's coloured traceback); the step log has no colours."""
     verdict = subprocess.run(
         [sys.executable, "-c", IPYTHON_VERDICT], capture_output=True, text=True, timeout=60
     ).stdout.split()[-1]
@@ -349,7 +352,8 @@ def test_an_error_inside_a_magic_is_handled_as_ipython_handles_it(tmp_path: Path
     assert result.returncode == (1 if verdict == "fails" else 0), result.stderr
     errors = [o for c in cell_outputs(outputs)["cells"] for o in c["outputs"] if o["output_type"] == "error"]
     assert [e["ename"] for e in errors] == ["ZeroDivisionError"]
-    assert "\x1b[" not in "".join(errors[0]["traceback"])  # no terminal colours in the notebook
+    assert "\x1b[0;31mZeroDivisionError\x1b[0m: division by zero" in "".join(errors[0]["traceback"])
+    assert "ZeroDivisionError: division by zero" in result.stderr and "\x1b[" not in result.stderr
     assert cell_outputs(outputs)["status"] == ("error" if verdict == "fails" else "ok")
 
 
@@ -362,31 +366,71 @@ def test_ipython_display_is_recorded_without_magics(tmp_path: Path) -> None:
     assert shown["output_type"] == "display_data" and shown["data"]["text/html"] == "<i>h</i>"
 
 
-def test_matplotlib_figures_become_png_outputs(tmp_path: Path) -> None:
-    # A stand-in pyplot with the four calls the runtime makes, so the test needs no matplotlib.
-    package = tmp_path / "lib" / "matplotlib"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "pyplot.py").write_text(
-        "figures = {}\n"
-        "class Figure:\n"
-        "    def savefig(self, buffer, format, bbox_inches): buffer.write(b'PNGDATA')\n"
-        "def figure(num=None):\n"
-        "    return figures.setdefault(num or len(figures) + 1, Figure())\n"
-        "def get_fignums(): return sorted(figures)\n"
-        "def close(which): figures.clear()\n"
-    )
-    spec = make_spec(
-        cell(1, "import matplotlib.pyplot as plt\nplt.figure()\n"), cell(2, "n = len(plt.figures)\n")
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib")}
-    outputs = tmp_path / "c.json"
-    result = run(spec, "--cell-outputs", outputs, "--output", "n", tmp_path / "n", cwd=tmp_path, env=env)
+def papermill_outputs(tmp_path: Path, sources: list[str]) -> list[list[dict[str, Any]]]:
+    """Each cell's outputs when a real Jupyter kernel runs the cells through papermill."""
+    import papermill
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "pm.ipynb")
+    with contextlib.suppress(papermill.PapermillExecutionError):  # the notebook keeps the error
+        papermill.execute_notebook(
+            tmp_path / "pm.ipynb", tmp_path / "pm-out.ipynb", progress_bar=False, cwd=str(tmp_path)
+        )
+    done = nbformat.read(tmp_path / "pm-out.ipynb", 4)
+    return [c.outputs for c in done.cells if c.cell_type == "code"]
+
+
+def shown(outputs: list[dict[str, Any]]) -> list[tuple[object, ...]]:
+    """What a reader sees of each output: kind, MIME types, text (addresses blanked), error name."""
+    import re
+
+    def text(value: object) -> str:
+        joined = "".join(value) if isinstance(value, list) else str(value or "")
+        return re.sub(r"0x[0-9a-f]+", "0x?", joined)
+
+    return [
+        (
+            o["output_type"],
+            tuple(sorted(o.get("data", {}))),
+            text(o.get("data", {}).get("text/plain") or o.get("text")),
+            o.get("ename"),
+        )
+        for o in outputs
+    ]
+
+
+DISPLAY_CELLS = [
+    "%matplotlib inline\nimport matplotlib.pyplot as plt\nimport pandas as pd\n",
+    "x = 1\nx;\n",
+    "type(1)\n",
+    "plt.plot([1, 2, 3])\n",
+    "fig, ax = plt.subplots()\nax.plot([3, 1])\nplt.close(fig)\nfig\n",
+    "pd.DataFrame({f'column_{i}': range(3) for i in range(30)})\n",
+    "list(range(1000))\n",
+    "from IPython.display import display, Markdown\ndisplay(Markdown('**hi**'), 42)\n",
+    "import os\nprint(os.environ.get('FORCE_COLOR'), os.environ.get('MPLBACKEND'))\n",
+    "print('\\x1b[31mred\\x1b[0m')\n",
+]
+
+
+def test_cells_show_what_jupyter_shows(tmp_path: Path) -> None:
+    """The runtime's outputs against a real kernel's (papermill): figures as PNG, hidden `x;`, `int`,
+    pandas' notebook repr (HTML and 20 columns of text), `display()`, the kernel's environment,
+    and `%matplotlib inline` working in an imports cell."""
+    expected = [shown(o) for o in papermill_outputs(tmp_path, DISPLAY_CELLS)]
+    cells = [cell(1, DISPLAY_CELLS[0], "imports")]
+    cells += [cell(i + 2, source) for i, source in enumerate(DISPLAY_CELLS[1:])]
+    outputs, report = tmp_path / "c.json", tmp_path / "report.html"
+    result = run(make_spec(*cells), "--cell-outputs", outputs, "--report", report, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    first = cell_outputs(outputs)["cells"][0]["outputs"]
-    assert [o["output_type"] for o in first] == ["execute_result", "display_data"]
-    assert first[1]["data"]["image/png"] == "UE5HREFUQQ=="  # base64 of PNGDATA
-    assert load_value(tmp_path / "n") == 0  # closed after the cell, as the inline backend does
+    recorded = cell_outputs(outputs)
+    nbformat.validate(as_notebook(recorded))
+    got = [shown(c["outputs"]) for c in recorded["cells"]]
+    assert got == expected
+    assert got[3][-1][:2] == ("display_data", ("image/png", "text/plain"))  # the inline backend's PNG
+    assert got[4][0][:2] == ("execute_result", ("image/png", "text/plain"))  # a figure as the result
+    assert report.read_text().count("data:image/png;base64,") == 2
 
 
 def fake_pip(tmp_path: Path, exit_code: int) -> dict[str, str]:
@@ -440,7 +484,8 @@ def test_pip_failure_and_no_install_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_trivial_step_imports_nothing_heavy(tmp_path: Path) -> None:
-    code = "import sys\nheavy = sorted({'numpy', 'pandas', 'IPython'} & set(sys.modules))\n"
+    """IPython is always there (cells run in a kernel-like shell; the fork server preloads it)."""
+    code = "import sys\nheavy = sorted({'numpy', 'pandas', 'matplotlib'} & set(sys.modules))\n"
     result = run(make_spec(cell(1, code)), "--output", "heavy", tmp_path / "h", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert load_value(tmp_path / "h") == []

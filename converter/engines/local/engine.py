@@ -73,7 +73,9 @@ def preload_statements(pipeline: Pipeline) -> list[str]:
     Only import statements: the cells themselves still run in every step (cheaply, as the modules
     are loaded), so their other effects happen where the notebook expects them.
     """
-    statements: list[str] = []
+    # Every step runs its cells in the runtime's kernel-like IPython shell: made here, once, first
+    # (so libraries imported next see it, as in a kernel).
+    statements = ["from converter.step.runtime import preload_shell; preload_shell()"]
     for cell in (*pipeline.imports, *pipeline.functions):
         try:
             tree = ast.parse(cell.python)
@@ -84,13 +86,11 @@ def preload_statements(pipeline: Pipeline) -> list[str]:
                 isinstance(node, ast.ImportFrom) and node.module != "__future__"
             ):
                 statements.append(ast.unparse(node))
-    modules = {s.split()[1].split(".")[0] for s in statements}
+    modules = {s.split()[1].split(".")[0] for s in statements[1:]}
     if "pandas" in modules:
         statements.append("import pyarrow.parquet")  # the runtime's DataFrame format
     if "sklearn" in modules:
         statements.append("import joblib")  # the runtime's estimator format
-    if any(step.uses_ipython for step in pipeline.steps):
-        statements.append("import IPython.core.interactiveshell")
     return list(dict.fromkeys(statements))
 
 

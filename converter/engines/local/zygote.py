@@ -1,10 +1,12 @@
 """The fork server ("zygote") of a local run: pays a pipeline's imports once, forks one process per step.
 
-Most of a step's start-up time is its imports cell (pandas, scikit-learn, ...). The local engine
-starts this program once per run as ``python -c SOURCE CONTROL_FD PRELOAD_JSON``; it runs the
-import statements of the pipeline's imports and functions cells, then waits for spawn requests on
-a Unix SOCK_SEQPACKET socket. For each request it forks a child that becomes exactly what
-``python -c PROGRAM ARGS`` would be: its own session and process group (so a timeout or a cancel
+Most of a step's start-up time is its imports cell (pandas, scikit-learn, ...) and IPython, which
+every step runs its cells under. The local engine starts this program once per run as
+``python -c SOURCE CONTROL_FD PRELOAD_JSON``; it runs the preload statements (the step runtime's
+kernel-like IPython shell, made once here, then the imports of the pipeline's imports and
+functions cells, with matplotlib's inline backend selected as ipykernel selects it), then waits
+for spawn requests on a Unix SOCK_SEQPACKET socket. For each request it forks a child that becomes
+exactly what ``python -c PROGRAM ARGS`` would be: its own session and process group (so a timeout or a cancel
 kills its whole tree), stdout and stderr on pipes the engine passed over the socket, the step's
 working folder and environment, ``sys.argv``, a fresh ``__main__`` module, and the *same* program
 text, compiled and run. A crash, ``os._exit`` or SIGKILL in a child cannot touch the server or the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import select
@@ -36,6 +39,7 @@ import types
 from typing import Any, NoReturn
 
 _MAX_MESSAGE = 1 << 20
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -143,6 +147,8 @@ def serve(control_fd: int, preload: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     _become_subreaper()
     sock = socket.socket(fileno=control_fd)
+    if importlib.util.find_spec("matplotlib_inline") is not None:  # before matplotlib is preloaded
+        os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)  # what the step runtime (and ipykernel) use
     summary = _preload(preload)
     for failure in summary["failed"]:
         print(f"cellpipe fork server: could not preload {failure}", file=sys.stderr)
