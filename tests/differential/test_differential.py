@@ -30,17 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120  # seconds for one cell (papermill); a whole batch gets four times this
 
 # (notebook, variant) -> why cellpipe still differs from papermill there.
-_IPYTHON_DISPLAY = "issue 10 item 2: steps run without IPython's display formatter (type(1), long lists)"
-_TRACEBACK = "issue 10 items 2/8: step errors show a plain Python traceback, not IPython's"
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("kale_parameters_metrics", "steps"): "issue 10 item 12: pipeline parameters refused as metrics",
     ("magics_and_shell", "steps"): "issue 10 item 7: module check runs before %%writefile made the module",
     ("magics_and_shell", "untagged"): "issue 10 item 7: module check runs before %%writefile made the module",
-    ("pandas_display", "steps"): _IPYTHON_DISPLAY,
-    ("pandas_display", "untagged"): _IPYTHON_DISPLAY,
-    ("plots", "steps"): "issue 10 item 1: %matplotlib inline crashes the step",
-    ("plots", "untagged"): "issue 10 item 1: %matplotlib inline crashes the step",
-    ("raises_exception", "steps"): _TRACEBACK,
     ("raises_exception", "untagged"): "issue 10 item 8: the raises-exception tag is not honoured",
     ("seeded_random", "steps"): "issue 10 item 6: the global RNG state does not travel between steps",
     ("syntax_error", "steps"): "issue 10 item 8: a syntax error is refused (exit 2), not run up to",
