@@ -19,7 +19,8 @@ from converter.notebook import cellsettings
 from converter.notebook.reader import check_node, load
 from converter.notebook.tags import parse_structured
 from converter.reports import graph
-from jupyter_ext.server.handlers import ApiError, CellpipeHandler, resolve_notebook
+from jupyter_ext.server.base import CellpipeHandler
+from jupyter_ext.server.paths import ApiError, resolve_notebook
 
 TARGETS = ("keep", "tags", "metadata")
 

@@ -25,7 +25,8 @@ from converter.errors import InvalidNotebook
 from converter.notebook.reader import check_node, load
 from converter.reports import executed_notebook
 from converter.store.runstore import RunRecord
-from jupyter_ext.server.handlers import RUN_ID, ApiError, CellpipeHandler
+from jupyter_ext.server.base import RUN_ID, CellpipeHandler
+from jupyter_ext.server.paths import ApiError
 
 RESULTS_FOLDER = "cellpipe-runs"
 REPORT = "report.html"
