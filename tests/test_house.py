@@ -58,6 +58,15 @@ def test_import_contracts_hold(capsys: pytest.CaptureFixture[str]) -> None:
     assert result == 0, output[output.find("Broken contracts") :] or output
 
 
+def test_core_imports_nothing_of_the_project(graph: grimp.ImportGraph) -> None:
+    """Also for modules added after the contracts were written: model and events import nothing of the
+    project, errors only the model (a direct check of every import, functions included)."""
+    allowed = {"converter.model": set(), "converter.events": set(), "converter.errors": {"converter.model"}}
+    for module, may in allowed.items():
+        project = {m for m in graph.find_modules_directly_imported_by(module) if m.split(".")[0] in PACKAGES}
+        assert project <= may, f"{module} imports {sorted(project - may)}"
+
+
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan, iterative)."""
     index: dict[str, int] = {}
