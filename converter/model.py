@@ -7,6 +7,7 @@ nothing about KFP so that engines which do not need KFP never import it.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,6 +17,16 @@ EdgeKind = Literal["data", "after"]
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_GPU_VENDOR = "nvidia.com/gpu"
+
+
+def shown_tag(tag: str) -> str:
+    """A tag as a problem line shows it: control and format characters (newlines, bidi overrides,
+    zero-width ones) escaped, so a tag can neither start a fake second problem line nor reorder
+    what the terminal displays."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) in ("Cc", "Cf") else char
+        for char in tag
+    )
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"cell {self.cell}" if self.cell is not None else "notebook"
-        tag = f" [{self.tag}]" if self.tag else ""
+        tag = f" [{shown_tag(self.tag)}]" if self.tag else ""
         prefix = "warning: " if self.severity == "warning" else ""
         return f"{self.notebook}: {where}{tag}: {prefix}{self.message}"
 

@@ -142,7 +142,8 @@ def wait_interruptibly(done: Callable[[float], bool], cancel: Callable[[], None]
 
 @contextmanager
 def interrupts_cancel() -> Iterator[None]:
-    """SIGTERM (a CI runner's or a scheduler's stop) raises KeyboardInterrupt, as Ctrl-C does.
+    """SIGTERM (a CI runner's or a scheduler's stop) raises KeyboardInterrupt, as Ctrl-C does, and
+    so does SIGINT even where it was ignored (a background job of a script).
 
     Only in the main thread: signal handlers cannot be set elsewhere (e.g. in the Jupyter server),
     where this does nothing.
@@ -155,7 +156,11 @@ def interrupts_cancel() -> Iterator[None]:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    # A shell starts `cellpipe run ... &` from a script with SIGINT ignored, and Python then
+    # installs no handler: `kill -INT` would do nothing. Cancelling is what SIGINT asks for.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

@@ -46,6 +46,8 @@ def load(path: Path) -> dict[str, Any]:
     checkers, which can cost more than a second, on the path of every `cellpipe run`. Older
     formats go through nbformat, which knows how to upgrade them.
     """
+    if path.is_dir():
+        raise CellpipeError(f"{path}: is a folder, not a notebook file")
     if not path.is_file():
         raise CellpipeError(f"{path}: no such notebook")
     try:

@@ -142,7 +142,7 @@ class Progress:
         words = {
             "step_queued": "queued",
             "step_started": f"started (attempt {event.attempt})" if (event.attempt or 1) > 1 else "started",
-            "step_retrying": f"failed attempt {event.attempt}, retrying",
+            "step_retrying": f"failed attempt {event.attempt}",
             "step_succeeded": "succeeded",
             "step_failed": "FAILED",
             "step_cached": "cached",
@@ -153,6 +153,9 @@ class Progress:
             text += f" in {event.duration:.1f}s"
         if event.message and event.type in ("step_failed", "step_retrying", "step_skipped"):
             text += f": {event.message}"
+        delay = (event.data or {}).get("delay")
+        if event.type == "step_retrying":  # the wait before the next attempt, not the attempt's time
+            text += f"; retrying in {delay:g}s" if isinstance(delay, int | float) else "; retrying"
         return text
 
     def _table(self, final: bool) -> Table:
@@ -160,13 +163,16 @@ class Progress:
         run = self.view
         title = f"{run.pipeline} · run {run.run_id}" if run.started is not None else run.pipeline
         table = Table(title=title or None, title_justify="left", expand=False)
-        table.add_column("step")
-        table.add_column("state")
-        table.add_column("attempt", justify="right")
-        table.add_column("time", justify="right")
-        table.add_column(
-            "message" if final else "last log line", overflow="ellipsis", no_wrap=True, max_width=80
-        )
+        # The short columns never shrink; a long message wraps (final table) or is cut (live view)
+        # rather than squeezing them to nothing on a narrow or non-terminal output.
+        table.add_column("step", no_wrap=True, min_width=4)
+        table.add_column("state", no_wrap=True, min_width=9)
+        table.add_column("attempt", justify="right", no_wrap=True)
+        table.add_column("time", justify="right", no_wrap=True, min_width=6)
+        if final:
+            table.add_column("message", overflow="fold", ratio=1)
+        else:
+            table.add_column("last log line", overflow="ellipsis", no_wrap=True, max_width=80)
         for name, view in run.steps.items():
             seconds = view.seconds(now)
             table.add_row(

@@ -44,6 +44,16 @@ from converter.store.tables import FOLDS, SCHEMA, SCHEMA_VERSION, add_steps, dum
 
 _BUSY_TIMEOUT_MS = 30_000
 ORPHAN_MESSAGE = "engine stopped"
+_CANDIDATES = 5  # run ids listed for an ambiguous prefix
+
+
+class AmbiguousRunId(CellpipeError):
+    """Several runs start with the prefix given; `candidates` lists (some of) them."""
+
+    def __init__(self, prefix: str, candidates: list[str], more: bool):
+        self.candidates = candidates
+        listed = ", ".join(candidates) + (", ..." if more else "")
+        super().__init__(f"run id {prefix!r} is ambiguous, several runs start with it: {listed}")
 
 
 @dataclass(frozen=True)
@@ -428,12 +438,17 @@ class RunStore:
         return bool(row and row[0])
 
     def resolve(self, run_id: str) -> str:
-        """A full run id from an id or a unique prefix of one; CellpipeError otherwise."""
+        """A full run id from an id or a unique prefix of one; `CellpipeError` otherwise (an
+        `AmbiguousRunId` listing the candidates when several runs start with it)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id FROM runs WHERE id = ?"
-                " UNION SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' LIMIT 3",
-                (run_id, run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"),
+                " UNION SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' LIMIT ?",
+                (
+                    run_id,
+                    run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",
+                    _CANDIDATES + 1,
+                ),
             ).fetchall()
         ids = [row[0] for row in rows]
         if run_id in ids:
@@ -442,7 +457,7 @@ class RunStore:
             return str(ids[0])
         if not ids:
             raise CellpipeError(f"no run {run_id!r} in {self.path}")
-        raise CellpipeError(f"run id {run_id!r} is ambiguous: {', '.join(ids)}, ...")
+        raise AmbiguousRunId(run_id, sorted(ids)[:_CANDIDATES], more=len(ids) > _CANDIDATES)
 
     def get_run(self, run_id: str) -> RunRecord:
         """A run with its steps; `run_id` may be a unique prefix. CellpipeError if there is none."""

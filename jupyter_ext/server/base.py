@@ -14,7 +14,7 @@ from jupyter_server.base.handlers import APIHandler
 from converter.errors import CellpipeError, InvalidNotebook
 from converter.model import Pipeline
 from converter.notebook.reader import check_node, load
-from converter.store.runstore import RunRecord
+from converter.store.runstore import AmbiguousRunId, RunRecord
 from jupyter_ext.server.paths import ApiError, parse_body, resolve_notebook
 from jupyter_ext.server.service import Service
 
@@ -74,7 +74,11 @@ class CellpipeHandler(APIHandler):
         return path, await self.convert(read)
 
     def run_record(self, run_id: str) -> RunRecord | None:
+        """The stored run `run_id` (or a unique prefix) names; None if none; a 400 listing the
+        candidates if several runs start with it."""
         try:
             return self.service.store.get_run(run_id)
+        except AmbiguousRunId as error:
+            raise ApiError(400, str(error), candidates=error.candidates) from None
         except CellpipeError:
             return None

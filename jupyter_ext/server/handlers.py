@@ -94,7 +94,7 @@ class RunsHandler(CellpipeHandler):
         runs += [
             live_run_json(root, run)
             for run in self.service.runs.all()
-            if run.run_id not in known and self.run_record(run.run_id or "") is None
+            if run.run_id is not None and run.run_id not in known and self.run_record(run.run_id) is None
         ]
         self.write_json({"runs": runs})
 

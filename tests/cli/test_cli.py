@@ -241,7 +241,9 @@ def test_unreadable_input_is_a_clear_message(
     path = not_notebooks[kind]
     code, out, err = run(capsys, *command, str(path))
     assert (code, out) == (2, "")
-    expected = "no such notebook" if kind in ("missing", "folder") else "not a readable Jupyter notebook"
+    expected = {"missing": "no such notebook", "folder": "is a folder, not a notebook file"}.get(
+        kind, "not a readable Jupyter notebook"
+    )
     assert err.startswith(f"cellpipe: {path}: {expected}"), err
     assert len(err.splitlines()) == 1
 

@@ -105,3 +105,15 @@ async def test_malformed_notebook_json_is_a_4xx_naming_the_cell(jp_fetch: Fetch,
     response = await jp_fetch(API, "validate", method="POST", body=json.dumps({"path": "bad.ipynb"}))
     answer = json.loads(response.body)
     assert answer["valid"] is False and any("source must be" in p["message"] for p in answer["problems"])
+
+
+async def test_an_ambiguous_run_id_prefix_lists_the_candidates(
+    jp_fetch: Fetch, root: Path, cellpipe_home: Path
+) -> None:
+    store = RunStore(cellpipe_home / "runs.db")
+    ids = sorted(store.create_run("pipe", "nb", "local", {}, ["a"]) for _ in range(3))
+    prefix = ids[0][:4]
+    status, answer = await error_of(jp_fetch(API, "runs", prefix))
+    assert status == 400 and "ambiguous" in answer["message"] and answer["candidates"] == ids
+    shown = json.loads((await jp_fetch(API, "runs", ids[1])).body)  # a whole id is never ambiguous
+    assert shown["id"] == ids[1]

@@ -124,7 +124,8 @@ def plan(pipeline: Pipeline, machine: Machine, fit: bool = False) -> tuple[dict[
             )
         needs[step.name] = need
     if problems:
-        raise CellpipeError("cannot run on this machine:\n  " + "\n  ".join(problems))
+        fix = "--fit-resources fits the requests to this machine (GPU steps then run on the CPU)"
+        raise CellpipeError("cannot run on this machine:\n  " + "\n  ".join([*problems, fix]))
     return needs, warnings
 
 
