@@ -28,7 +28,16 @@ import types
 from pathlib import Path
 from typing import Any
 
-_VALUE_FILES = ("value.npy", "value.parquet", "value.joblib", "value.pt", "value.json", "value.pkl")
+_VALUE_FILES = (
+    "value.npy",
+    "value.arrow",
+    "value.parquet",  # frames saved before Arrow IPC: still read
+    "value.joblib",
+    "value.pt",
+    "value.json",
+    "value.pkl",
+)
+_MMAP_BYTES = 1 << 20  # smaller arrays are read outright: a memory map costs more than it saves
 _REPRS = (
     ("text/html", "_repr_html_"),
     ("text/markdown", "_repr_markdown_"),
@@ -87,14 +96,16 @@ def _save_typed(value: Any, folder: Path, meta: dict[str, Any]) -> str | None:
         name = value.name if is_series else None
         frame = value.to_frame("value") if is_series else value
         if (name is None or type(name) in (str, int, float, bool)) and _parquet_faithful(frame, pd):
-            try:
-                frame.to_parquet(folder / "value.parquet", engine="pyarrow", compression=None)
+            try:  # Arrow IPC, uncompressed: written ~5x faster than Parquet, memory-mapped on load
+                from pyarrow import feather
+
+                feather.write_feather(frame, folder / "value.arrow", compression="uncompressed")
             except Exception:  # pyarrow missing or a dtype it cannot write: pickle instead
-                (folder / "value.parquet").unlink(missing_ok=True)
+                (folder / "value.arrow").unlink(missing_ok=True)
             else:
                 if is_series:
                     meta["series"] = {"name": name}
-                return "parquet"
+                return "arrow"
     sklearn_base = sys.modules.get("sklearn.base")
     if sklearn_base is not None and isinstance(value, sklearn_base.BaseEstimator) and _by_reference(value):
         try:
@@ -182,12 +193,23 @@ def load_value(path: str | os.PathLike[str]) -> object:
     if fmt == "npy":
         import numpy as np
 
+        if file.stat().st_size >= _MMAP_BYTES:
+            try:  # nothing read until used; copy-on-write, so cells may change it (the file never does)
+                return np.load(file, mmap_mode="c", allow_pickle=False).view(np.ndarray)
+            except (OSError, ValueError):  # a file system without mmap: read it
+                pass
         with open(file, "rb") as handle:
             return np.load(handle, allow_pickle=False)
-    if fmt == "parquet":
+    if fmt in ("arrow", "parquet"):
         import pandas as pd
 
-        frame = pd.read_parquet(file, engine="pyarrow")
+        if fmt == "arrow":
+            from pyarrow import feather
+
+            # Memory-mapped, then one copy into pandas' own (writable) blocks: cells may change it.
+            frame = feather.read_table(file, memory_map=True).to_pandas()
+        else:
+            frame = pd.read_parquet(file, engine="pyarrow")
         if "series" not in meta:
             return frame
         return frame["value"].rename(meta["series"]["name"])

@@ -91,10 +91,10 @@ print("all equal")
 
 EXPECTED_FORMATS = {
     "arr": "npy",
-    "frame": "parquet",
+    "frame": "arrow",
     "int_columns": "pkl",
     "mixed_objects": "pkl",
-    "series": "parquet",
+    "series": "arrow",
     "model": "joblib",
     "plain": "json",
     "pairs": "pkl",
@@ -135,14 +135,53 @@ def test_save_and_load_in_process(tmp_path: Path) -> None:
 
     assert save_value({1: "int key"}, tmp_path / "k") == "pkl"  # JSON would turn the key into "1"
     assert load_value(tmp_path / "k") == {1: "int key"}
-    # Parquet would not keep a tuple as the Series' name.
+    # Arrow (like Parquet) would not keep a tuple as the Series' name.
     assert save_value(pd.Series([1, 2], name=("a", "b")), tmp_path / "s") == "pkl"
     named = load_value(tmp_path / "s")
     assert isinstance(named, pd.Series) and named.name == ("a", "b")
-    assert save_value(pd.Series([1, 2]), tmp_path / "u") == "parquet"
+    assert save_value(pd.Series([1, 2]), tmp_path / "u") == "arrow"
     pd.testing.assert_series_equal(load_value(tmp_path / "u"), pd.Series([1, 2]))
     with pytest.raises(FileNotFoundError):
         load_value(tmp_path / "nothing")
+
+
+def test_a_large_array_input_is_memory_mapped_copy_on_write(tmp_path: Path) -> None:
+    """Zero-copy hand-over: the consumer maps the stored file; its changes never reach the file."""
+    big = np.arange(1 << 18, dtype=np.float64)  # 2 MiB: mapped
+    save_value(big, tmp_path / "a")
+    stored = (tmp_path / "a" / "value.npy").read_bytes()
+    loaded = load_value(tmp_path / "a")
+    assert type(loaded) is np.ndarray and loaded.flags.writeable  # a plain array to the cells
+    assert isinstance(loaded.base, np.memmap)
+    loaded += 1  # in place, as a cell may
+    assert loaded[0] == 1 and (tmp_path / "a" / "value.npy").read_bytes() == stored
+    assert save_value(loaded, tmp_path / "b") == "npy"  # passed on as an array, not pickled
+    assert np.array_equal(load_value(tmp_path / "b"), big + 1)
+    small = load_value_of(np.arange(10), tmp_path / "s")
+    assert type(small) is np.ndarray and not isinstance(small.base, np.memmap)  # small: read outright
+
+
+def load_value_of(value: object, folder: Path) -> Any:
+    save_value(value, folder)
+    return load_value(folder)
+
+
+def test_frames_travel_as_uncompressed_arrow_and_old_parquet_artifacts_still_load(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": np.arange(1000), "v": np.linspace(0, 1, 1000), "s": ["a", "b"] * 500})
+    assert save_value(frame, tmp_path / "f") == "arrow"
+    import pyarrow.ipc
+
+    with pyarrow.ipc.open_file(tmp_path / "f" / "value.arrow") as reader:  # a standard Arrow IPC file
+        assert reader.schema.names[:3] == ["id", "v", "s"]
+    loaded = load_value(tmp_path / "f")
+    pd.testing.assert_frame_equal(loaded, frame)
+    loaded.loc[0, "v"] = 5.0  # writable, as a frame read from anywhere else
+    pd.testing.assert_frame_equal(load_value(tmp_path / "f"), frame)
+    old = tmp_path / "old"
+    old.mkdir()
+    frame.to_parquet(old / "value.parquet", engine="pyarrow", compression=None)
+    (old / "meta.json").write_text(json.dumps({"format": "parquet"}))
+    pd.testing.assert_frame_equal(load_value(old), frame)
 
 
 def test_parameters_arrive_typed(tmp_path: Path) -> None:

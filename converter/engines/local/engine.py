@@ -88,7 +88,7 @@ def preload_statements(pipeline: Pipeline) -> list[str]:
                 statements.append(ast.unparse(node))
     modules = {s.split()[1].split(".")[0] for s in statements[1:]}
     if "pandas" in modules:
-        statements.append("import pyarrow.parquet")  # the runtime's DataFrame format
+        statements.append("import pyarrow.feather")  # the runtime's DataFrame format
     if "sklearn" in modules:
         statements.append("import joblib")  # the runtime's estimator format
     return list(dict.fromkeys(statements))
