@@ -26,8 +26,6 @@ REASON = "long because"
 PENDING_CIRCLES: list[set[str]] = []
 PENDING_LONG_MODULES = {"converter/step/runtime.py"}
 PENDING_LONG_CLASSES = {
-    "converter/engines/kfp/engine.py:_Monitor",
-    "converter/engines/local/engine.py:_Run",
     "converter/engines/local/processes.py:StepProcesses",
     "converter/store/runstore.py:RunStore",
 }

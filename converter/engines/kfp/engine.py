@@ -185,7 +185,13 @@ class _Step:
 
 
 class _Monitor:
-    """Follows one remote run to its end, turning what the API shows into events."""
+    """Follows one remote run to its end, turning what the API shows into events.
+
+    Long because polling, cancelling, pod log lines (from follower threads) and folding task states
+    into step events all read and change the same step states and event log; what stands alone lives
+    elsewhere: the cluster calls (`converter.kfp.cluster`), pod logs (`logs`), the run's life from
+    run_started to run_finished (`converter.engines.lifecycle`).
+    """
 
     def __init__(
         self,

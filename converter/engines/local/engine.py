@@ -17,6 +17,10 @@ successful execution is not run (``step_cached``); ``RunRequest.resume`` reuses 
 of an earlier run. `cancel()` (safe from a signal handler) or a cancel request in the run store
 kills running steps and ends the run "cancelled".
 
+This module is the scheduler (`LocalEngine`, `_Run`); beside it: `caching` (cache keys, cache hits,
+--resume), `launch` (one attempt's files and argv, why it failed), `processes` and `zygote` (step
+processes, the fork server), `resources` (CPU, memory and GPU accounting), `steprun` (a step's state).
+
 Missing packages are not installed into the user's environment: steps run with ``--no-install``
 and fail naming the module and its pip distribution.
 
@@ -31,27 +35,26 @@ from __future__ import annotations
 import ast
 import collections
 import contextlib
-import json
 import os
-import re
 import select
-import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from converter.engines import lifecycle
 from converter.engines.base import RunRequest, RunResult, run_started_data
-from converter.engines.local.processes import Exit, Launch, StepProcesses, fork_server_supported
-from converter.engines.local.resources import Machine, Need, Pool, gib, plan, tree_rss
+from converter.engines.local.caching import Reuse, StepCache
+from converter.engines.local.launch import attempt_launch, failure_message
+from converter.engines.local.processes import Exit, StepProcesses, fork_server_supported
+from converter.engines.local.resources import Machine, Pool, gib, plan, tree_rss
+from converter.engines.local.steprun import StepRun
 from converter.errors import CellpipeError
 from converter.events import EventLog, EventSink, EventType, RunState
 from converter.model import Pipeline, Step
-from converter.notebook.parameters import render_parameter
 from converter.step import stepcode
-from converter.store.artifacts import ArtifactStore, CacheEntry, cache_key
-from converter.store.runstore import RunStore, StepOutcome
+from converter.store.artifacts import ArtifactStore
+from converter.store.runstore import RunStore
 from converter.store.workspace import Workspace
 
 BACKOFF_BASE_SECONDS = 1.0
@@ -59,12 +62,6 @@ BACKOFF_CAP_SECONDS = 30.0
 CANCEL_POLL_SECONDS = 1.0
 MEMORY_POLL_SECONDS = 0.5
 NO_FORK_VARIABLE = "CELLPIPE_NO_FORK"  # set to 1 to start every step as a fresh interpreter
-_RUNTIME_FAILURE = re.compile(r"^cellpipe: step '[^']*'(?: \(.*\))? failed: (.*)$")
-
-
-def _rendered(value: object) -> str | None:
-    """None stays None: an optional parameter without a value gets no flag at all."""
-    return None if value is None else render_parameter(value)
 
 
 def preload_statements(pipeline: Pipeline) -> list[str]:
@@ -109,25 +106,26 @@ def _model(step: Step) -> dict[str, str]:
     return {"model": step.model_output} if step.model_output else {}
 
 
-@dataclass
-class _StepRun:
-    step: Step
-    need: Need
-    state: str = "pending"  # + queued, running, retry_wait, succeeded, cached, failed, skipped, cancelled
-    attempt: int = 0
-    inputs: dict[str, str] = field(default_factory=dict)  # variable -> digest
-    params: dict[str, str | None] = field(default_factory=dict)  # rendered values; None: not given
-    key: str = ""
-    cacheable: bool = True
-    outputs: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    started: float = 0.0  # monotonic, current attempt
-    retry_at: float = 0.0
-    next_memory_check: float = 0.0
-    kill_reason: str | None = None
-    staging: Path | None = None
-    staged: dict[str, Path] = field(default_factory=dict)
-    held: tuple[list[str], list[int] | None] = ([], None)
+def parameter_values(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter's value for a run: the notebook's defaults, then what the request gives."""
+    values = {p.name: p.default for p in pipeline.parameters}
+    unknown = sorted(set(given) - set(values))
+    if unknown:
+        raise CellpipeError(
+            f"unknown parameter{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
+            f"(the pipeline has: {', '.join(values) or 'none'})"
+        )
+    values.update(given)
+    return values
+
+
+def check_inputs(pipeline: Pipeline) -> None:
+    for step in pipeline.steps:
+        for var in step.inputs:
+            try:
+                pipeline.producer(step.name, var)
+            except KeyError:
+                raise CellpipeError(f"step {step.name!r} reads {var!r} but no step produces it") from None
 
 
 class LocalEngine:
@@ -179,6 +177,15 @@ class LocalEngine:
 
 
 class _Run:
+    """One run of the local engine: the scheduler that starts, watches and ends its step attempts.
+
+    Long because its loop, readiness, start, watch and end steps all read and change the same queue,
+    running attempts and step states; the jobs that stand alone live beside it: the cache and
+    --resume decisions (`caching`), an attempt's files and argv (`launch`), processes (`processes`),
+    CPU/memory/GPU accounting (`resources`), the run's life from run_started to run_finished
+    (`converter.engines.lifecycle`).
+    """
+
     def __init__(
         self, engine: LocalEngine, request: RunRequest, sinks: list[EventSink], wake_r: int, wake_w: int
     ):
@@ -186,25 +193,23 @@ class _Run:
         self.wake_r, self.wake_w = wake_r, wake_w
         self.machine = Machine.detect()
         needs, self.warnings = plan(self.pipeline, self.machine, fit=engine.fit_resources)
-        self.values = self._parameter_values()
-        self._check_inputs()
+        self.values = parameter_values(self.pipeline, request.parameters)
+        check_inputs(self.pipeline)
         self.cwd = request.notebook.resolve().parent
         workspace = engine.workspace
         self.store = RunStore(workspace.database)
         self.artifacts = ArtifactStore(workspace.artifacts)
         for orphan in self.store.mark_orphans():
             self.artifacts.discard_run(orphan)
-        self.reusable: dict[str, StepOutcome] = {}
-        self.resumed_parameters: dict[str, Any] = {}
-        self.resume_id: str | None = None
-        self.reused: set[str] = set()  # steps taken over from the resumed run
-        if request.resume:
-            try:
-                self._resume_from(request.resume)
-            except BaseException:
-                self.store.close()
-                raise
         self.programs = {s.name: stepcode.program(self.pipeline, s) for s in self.pipeline.steps}
+        try:
+            self.cache = StepCache(
+                self.pipeline, request, self.values, self.programs, self.artifacts, self.store
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        self.resume_id = self.cache.resume_id
         self.run_id = self.store.create_run(
             self.pipeline.name,
             str(request.notebook),
@@ -215,7 +220,7 @@ class _Run:
         )
         self.run_folder = workspace.run_folder(self.run_id)
         self.log = EventLog(self.run_id, [self.store.record, *sinks])
-        self.steps = {s.name: _StepRun(s, needs[s.name]) for s in self.pipeline.steps}
+        self.steps = {s.name: StepRun(s, needs[s.name]) for s in self.pipeline.steps}
         self.pool = Pool(self.machine)
         self.max_parallel = max(1, request.max_parallel or engine.max_parallel or len(self.machine.cpus))
         self.queue: list[str] = []  # ready to start, in notebook order
@@ -224,38 +229,6 @@ class _Run:
         self.cancelling = False
         self.next_cancel_poll = 0.0
         self.processes: StepProcesses | None = None
-
-    # ------------------------------------------------------------------ set-up checks
-
-    def _parameter_values(self) -> dict[str, Any]:
-        values = {p.name: p.default for p in self.pipeline.parameters}
-        unknown = sorted(set(self.request.parameters) - set(values))
-        if unknown:
-            raise CellpipeError(
-                f"unknown parameter{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
-                f"(the pipeline has: {', '.join(values) or 'none'})"
-            )
-        values.update(self.request.parameters)
-        return values
-
-    def _resume_from(self, run_id: str) -> None:
-        earlier = self.store.get_run(run_id)
-        if earlier.pipeline and earlier.pipeline != self.pipeline.name:
-            raise CellpipeError(
-                f"cannot resume run {earlier.id}: it ran pipeline {earlier.pipeline!r}, "
-                f"not {self.pipeline.name!r}"
-            )
-        self.resume_id = earlier.id
-        self.reusable = self.store.step_succeeded_outputs(earlier.id)
-        self.resumed_parameters = earlier.parameters
-
-    def _check_inputs(self) -> None:
-        for step in self.pipeline.steps:
-            for var in step.inputs:
-                try:
-                    self.pipeline.producer(step.name, var)
-                except KeyError:
-                    raise CellpipeError(f"step {step.name!r} reads {var!r} but no step produces it") from None
 
     # ------------------------------------------------------------------ events
 
@@ -363,90 +336,21 @@ class _Run:
                 self.steps[u].state in ("succeeded", "cached") for u in self.pipeline.upstream(step.name)
             ):
                 continue
-            self._prepare(run)
-            if self._reuse(run) or self._cached(run):
+            self.cache.prepare(run, self.steps)
+            reuse = self.cache.reuse(run) or self.cache.lookup(run)
+            if reuse is not None:
+                self._use(run, reuse)
                 continue
             run.state = "queued"
             self.queue.append(step.name)
             self.emit("step_queued", step=step.name)
 
-    def _prepare(self, run: _StepRun) -> None:
-        step = run.step
-        run.inputs = {
-            var: self.steps[self.pipeline.producer(step.name, var)].outputs[var] for var in step.inputs
-        }
-        run.params = {name: _rendered(self.values[name]) for name in step.parameters}
-        run.key = cache_key(
-            stepcode.packed_runtime() + "\n" + self.programs[step.name],  # the command: runtime and program
-            run.inputs,
-            run.params,
-            step.settings.image or self.pipeline.image,
-            step.packages,
-            step.settings.env,
-        )
-        setting = step.settings.cache if step.settings.cache is not None else self.pipeline.cache_default
-        run.cacheable = self.request.use_cache and setting
-
-    def _reuse(self, run: _StepRun) -> bool:
-        """--resume: a step that succeeded in the earlier run is kept, unless what it computed from
-        changed: a parameter it reads, or an upstream step that runs again."""
-        name = run.step.name
-        outcome = self.reusable.get(name)
-        if outcome is None or not all(u in self.reused for u in self.pipeline.upstream(name)):
-            return False
-        old = self.resumed_parameters
-        same_parameters = all(
-            param in old and _rendered(old[param]) == value for param, value in run.params.items()
-        )
-        outputs_there = all(
-            var in outcome.outputs and self.artifacts.exists(outcome.outputs[var]) for var in run.step.outputs
-        )
-        if not (same_parameters and outputs_there):
-            return False
-        self.reused.add(name)
-        self._use(
-            run,
-            {v: outcome.outputs[v] for v in run.step.outputs},
-            outcome.metrics,
-            f"from run {self.resume_id}",
-            {
-                "folder": outcome.folder,
-                "log": outcome.log_path,
-                "from_run": self.resume_id,
-                "cache_key": outcome.cache_key,
-            },
-        )
-        return True
-
-    def _cached(self, run: _StepRun) -> bool:
-        if not run.cacheable:
-            return False
-        entry = self.artifacts.lookup(run.key, run.step.outputs)
-        if entry is None:
-            return False
-        log = str(Path(entry.folder) / "log.txt")
-        self._use(
-            run,
-            {v: entry.outputs[v] for v in run.step.outputs},
-            entry.metrics,
-            f"from run {entry.run_id}",
-            {"folder": entry.folder, "log": log, "from_run": entry.run_id, "cache_key": run.key},
-        )
-        return True
-
-    def _use(
-        self,
-        run: _StepRun,
-        outputs: dict[str, str],
-        metrics: dict[str, float],
-        message: str,
-        data: dict[str, Any],
-    ) -> None:
-        run.state, run.outputs, run.metrics = "cached", outputs, dict(metrics)
-        data = {**data, "outputs": outputs, **_model(run.step)}
-        self.emit("step_cached", step=run.step.name, message=message, data=data)
-        if metrics:
-            self.emit("metrics", step=run.step.name, metrics=dict(metrics))
+    def _use(self, run: StepRun, reuse: Reuse) -> None:
+        run.state, run.outputs, run.metrics = "cached", reuse.outputs, dict(reuse.metrics)
+        data = {**reuse.data, "outputs": reuse.outputs, **_model(run.step)}
+        self.emit("step_cached", step=run.step.name, message=reuse.message, data=data)
+        if reuse.metrics:
+            self.emit("metrics", step=run.step.name, metrics=dict(reuse.metrics))
 
     # ------------------------------------------------------------------ starting
 
@@ -460,7 +364,7 @@ class _Run:
             self.queue.remove(name)
             self._start(run)
 
-    def _start(self, run: _StepRun) -> None:
+    def _start(self, run: StepRun) -> None:
         if self.processes is None:  # not before a step needs it: a fully cached run starts nothing
             self.processes = StepProcesses(
                 self._on_line,
@@ -473,63 +377,28 @@ class _Run:
         step = run.step
         run.attempt += 1
         folder = self.engine.workspace.step_folder(self.run_id, step.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        program_path = folder / "program.py"
-        if run.attempt == 1:
-            program_path.write_text(self.programs[step.name], encoding="utf-8")
-        for stale in ("metrics.json", "cell_outputs.json", "report.html"):
-            (folder / stale).unlink(missing_ok=True)
-        run.staging = self.artifacts.staging(f"{self.run_id}.{step.name}.{run.attempt}")
-        inputs, outputs = stepcode.artifact_names(step)
-        run.staged = {var: run.staging / name for var, name in outputs.items()}
-        paths = {name: str(self.artifacts.path(run.inputs[var])) for var, name in inputs.items()}
-        paths.update({name: str(run.staged[var]) for var, name in outputs.items()})
-        paths[stepcode.METRICS_ARTIFACT] = str(folder / "metrics.json")
-        paths[stepcode.REPORT_ARTIFACT] = str(folder / "report.html")
-        argv: list[str] = []
-        optional = stepcode.optional_parameters(self.pipeline)
-        for arg in stepcode.arguments(step, executor_output=None, optional=optional):
-            if arg.if_present is not None and run.params.get(arg.if_present) is None:
-                continue  # an optional parameter without a value: its flag is left out, as on KFP
-            if arg.kind == "literal":
-                argv.append(arg.value)
-            elif arg.kind == "runtime":
-                argv.append(stepcode.packed_runtime())  # what the compiled pipeline passes every step
-            elif arg.kind == "parameter":
-                argv.append(run.params[arg.value] or "")
-            else:
-                argv.append(paths[arg.value])
-        argv += ["--cell-outputs", str(folder / "cell_outputs.json"), "--no-install"]
-        gpus, cpus = self.pool.take(run.need)
-        run.held = (gpus, cpus)
-        env = dict(step.settings.env)
-        if gpus or run.need.no_gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        key = f"{step.name}#{run.attempt}"
+        run.held = self.pool.take(run.need)
+        launch = attempt_launch(
+            self.pipeline,
+            run,
+            self.programs[step.name],
+            folder,
+            self.artifacts,
+            self.run_id,
+            self.cwd,
+            run.held,
+        )
         run.state, run.started, run.kill_reason = "running", time.monotonic(), None
         run.next_memory_check = run.started + MEMORY_POLL_SECONDS
-        self.running[key] = step.name
-        log_path = folder / "log.txt"
+        self.running[launch.key] = step.name
         self.emit(
             "step_started",
             step=step.name,
             attempt=run.attempt,
             # the input artifacts by digest: what `%cellpipe inputs` loads to debug the step
-            data={"folder": str(folder), "log": str(log_path), "inputs": dict(run.inputs)},
+            data={"folder": str(folder), "log": str(launch.log_path), "inputs": dict(run.inputs)},
         )
-        self.processes.start(
-            Launch(
-                key,
-                self.programs[step.name],
-                program_path,
-                argv,
-                self.cwd,
-                env,
-                log_path,
-                cpus,
-                fork=not gpus,
-            )
-        )
+        self.processes.start(launch)
 
     # ------------------------------------------------------------------ watching
 
@@ -599,13 +468,11 @@ class _Run:
                 return
             except (OSError, ValueError) as error:
                 message = f"cannot keep the step's results: {error}"
-        if run.staging is not None:
-            self.artifacts.discard(run.staging)
-            run.staging = None
+        self.cache.discard_staging(run)
         if run.kill_reason == "cancelled":
             run.state = "cancelled"  # run_finished "cancelled" says it for every unfinished step
             return
-        message = message or self._failure(run, exit)
+        message = message or failure_message(run, exit)
         code = exit.code if exit.code is not None and exit.code > 0 else None
         retries = run.step.settings.retries or 0
         if run.attempt <= retries and not self.cancelling:
@@ -633,47 +500,19 @@ class _Run:
         )
         self._skip_downstream(name)
 
-    def _succeeded(self, run: _StepRun, duration: float, where: dict[str, str]) -> None:
-        step, folder = run.step, Path(where["folder"])
-        execution = None if run.cacheable else f"{self.run_id}.{step.name}.{run.attempt}"
-        outputs = self.artifacts.commit(run.staged, run.key, execution)
-        if run.staging is not None:
-            self.artifacts.discard(run.staging)
-            run.staging = None
-        metrics: dict[str, float] = {}
-        if step.metrics and (folder / "metrics.json").is_file():
-            values = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-            metrics = {k: float(v) for k, v in values.items()}
-        run.state, run.outputs, run.metrics = "succeeded", outputs, metrics
-        self.artifacts.remember(run.key, CacheEntry(outputs, metrics, str(folder), self.run_id, step.name))
+    def _succeeded(self, run: StepRun, duration: float, where: dict[str, str]) -> None:
+        step = run.step
+        self.cache.keep(run, Path(where["folder"]), self.run_id)
+        run.state = "succeeded"
         self.emit(
             "step_succeeded",
             step=step.name,
             attempt=run.attempt,
             duration=duration,
-            data={**where, "outputs": outputs, "cache_key": run.key, **_model(step)},
+            data={**where, "outputs": run.outputs, "cache_key": run.key, **_model(step)},
         )
-        if metrics:
-            self.emit("metrics", step=step.name, metrics=metrics)
-
-    def _failure(self, run: _StepRun, exit: Exit) -> str:
-        """One line saying why an attempt failed."""
-        if run.kill_reason is not None:
-            return run.kill_reason
-        if exit.code is None:
-            return exit.lost or "step process lost"
-        if exit.code < 0:
-            try:
-                signame = signal.Signals(-exit.code).name
-            except ValueError:
-                signame = f"signal {-exit.code}"
-            return f"killed by {signame}" + (" (out of memory?)" if -exit.code == signal.SIGKILL else "")
-        for line in reversed(exit.stderr_tail):
-            match = _RUNTIME_FAILURE.match(line)
-            if match:
-                return match.group(1)
-        last = next((line for line in reversed(exit.stderr_tail) if line.strip()), None)
-        return f"exited with status {exit.code}" + (f": {last.strip()}" if last else "")
+        if run.metrics:
+            self.emit("metrics", step=step.name, metrics=run.metrics)
 
     def _skip_downstream(self, failed: str) -> None:
         pending = list(self.pipeline.downstream(failed))
