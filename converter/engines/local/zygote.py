@@ -127,9 +127,23 @@ def _finish(status: int) -> NoReturn:
 
 
 def _kill_all(children: dict[int, str]) -> None:
+    """Kill the steps' process groups, and every process left to us as subreaper (what steps
+    started and left behind, even forks that changed session and environment)."""
     for pid in children:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+    me = os.getpid()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+                if ppid == me:
+                    os.kill(int(entry), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
 
 
 def _become_subreaper() -> None:
