@@ -27,7 +27,6 @@ PENDING_CIRCLES: list[set[str]] = []
 PENDING_LONG_MODULES = {"converter/step/runtime.py"}
 PENDING_LONG_CLASSES = {
     "converter/engines/local/processes.py:StepProcesses",
-    "converter/store/runstore.py:RunStore",
 }
 
 

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,19 @@ import psutil
 
 from converter.errors import CellpipeError
 from converter.events import FINAL_STEP_STATES, Event
+from converter.store.records import AttemptRecord, RunRecord, StepOutcome, StepRecord, run_record
 from converter.store.tables import FOLDS, SCHEMA, SCHEMA_VERSION, add_steps, dumps, load_view, write_view
+
+# The records are defined in `records`; they are part of this module's interface.
+__all__ = [
+    "ORPHAN_MESSAGE",
+    "AttemptRecord",
+    "RunRecord",
+    "RunStore",
+    "StepOutcome",
+    "StepRecord",
+    "new_run_id",
+]
 
 _BUSY_TIMEOUT_MS = 30_000
 ORPHAN_MESSAGE = "engine stopped"
@@ -54,76 +65,6 @@ class AmbiguousRunId(CellpipeError):
         self.candidates = candidates
         listed = ", ".join(candidates) + (", ..." if more else "")
         super().__init__(f"run id {prefix!r} is ambiguous, several runs start with it: {listed}")
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    attempt: int
-    state: str
-    started: float | None
-    finished: float | None
-    duration: float | None
-    exit_code: int | None
-    message: str | None
-    pid: int | None
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    name: str
-    state: str
-    attempt: int | None = None
-    queued: float | None = None
-    started: float | None = None
-    finished: float | None = None
-    duration: float | None = None
-    exit_code: int | None = None
-    message: str | None = None
-    folder: str | None = None  # log.txt, report.html, cell_outputs.json, metrics.json live here
-    log_path: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)  # variable -> artifact digest
-    cache_key: str | None = None
-    cached_from: str | None = None  # run id whose execution a cached or resumed step reused
-    metrics: dict[str, float] = field(default_factory=dict)
-    attempts: tuple[AttemptRecord, ...] = ()
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    id: str
-    pipeline: str
-    notebook: str
-    engine: str
-    state: str
-    message: str | None
-    created: float
-    started: float | None
-    finished: float | None
-    duration: float | None
-    parameters: dict[str, Any]
-    folder: str | None
-    remote_id: str | None
-    pid: int | None
-    host: str | None
-    resumed_from: str | None
-    cancel_requested: bool
-    steps: tuple[StepRecord, ...] = ()
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The union of every step's metrics, in step order."""
-        return {name: value for step in self.steps for name, value in step.metrics.items()}
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """A succeeded (or cached) step of an earlier run, as `--resume` reuses it."""
-
-    outputs: dict[str, str]
-    metrics: dict[str, float]
-    folder: str | None
-    log_path: str | None
-    cache_key: str | None
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -344,24 +285,8 @@ class RunStore:
         """
         if event.type == "step_log":
             return
-        fold = FOLDS.get(event.type)
         with self._write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO runs (id, state, created) VALUES (?, 'running', ?)",
-                (event.run_id, event.time),
-            )
-            if event.step is not None:
-                add_steps(db, event.run_id, [event.step])
-            view = load_view(db, event.run_id)
-            if view.apply(event):
-                if fold is not None:
-                    fold(db, event)
-                write_view(db, view, event)
-            db.execute(
-                "INSERT OR REPLACE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
-                (event.run_id, event.seq, event.type, event.step, event.time, dumps(event.to_json())),
-            )
-            db.execute("UPDATE runs SET last_seq = MAX(last_seq, ?) WHERE id = ?", (event.seq, event.run_id))
+            _record(db, event)
 
     def mark_orphans(self) -> list[str]:
         """Fail running local runs of this host whose engine process is gone; their ids."""
@@ -381,8 +306,9 @@ class RunStore:
         return any([self._fail_orphan(row["id"]) for row in rows if _orphaned(row)])
 
     def _fail_orphan(self, run_id: str) -> bool:
-        """End a run whose engine died: running steps failed, waiting ones cancelled, and the events
-        a live engine would have sent (so streams end); False if it was no longer running."""
+        """End a run whose engine died with the events a live engine would have sent (so streams end),
+        recorded like any other: running steps failed; then the waiting ones cancelled. False if it
+        was no longer running."""
         now = time.time()
         with self._write() as db:
             current = db.execute("SELECT state, last_seq, created FROM runs WHERE id = ?", (run_id,))
@@ -396,38 +322,20 @@ class RunStore:
                     (run_id,),
                 )
             ]
-            db.execute(
-                "UPDATE runs SET state = 'failed', message = ?, finished = ?, duration = ? WHERE id = ?",
-                (ORPHAN_MESSAGE, now, now - state["created"], run_id),
+            seq, stopped = state["last_seq"], ORPHAN_MESSAGE
+            events = [Event(run_id, 0, "step_failed", time=now, step=n, message=stopped) for n in running]
+            took = now - state["created"]
+            events.append(
+                Event(run_id, 0, "run_finished", time=now, state="failed", message=stopped, duration=took)
             )
-            db.execute(
-                "UPDATE steps SET state = 'failed', message = ?, finished = ? "
-                "WHERE run_id = ? AND state = 'running'",
-                (ORPHAN_MESSAGE, now, run_id),
-            )
-            db.execute(
-                "UPDATE attempts SET state = 'failed', message = ?, finished = ? "
-                "WHERE run_id = ? AND state = 'running'",
-                (ORPHAN_MESSAGE, now, run_id),
-            )
+            for number, event in enumerate(events, start=seq + 1):
+                _record(db, dataclasses.replace(event, seq=number))
             final = tuple(FINAL_STEP_STATES)
             marks = ",".join("?" * len(final))
             db.execute(
                 f"UPDATE steps SET state = 'cancelled' WHERE run_id = ? AND state NOT IN ({marks})",
                 (run_id, *final),
             )
-            seq = state["last_seq"]
-            stopped = ORPHAN_MESSAGE
-            events = [Event(run_id, 0, "step_failed", time=now, step=n, message=stopped) for n in running]
-            events.append(Event(run_id, 0, "run_finished", time=now, state="failed", message=stopped))
-            for event in events:
-                seq += 1
-                numbered = dataclasses.replace(event, seq=seq)
-                db.execute(
-                    "INSERT OR IGNORE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
-                    (run_id, seq, numbered.type, numbered.step, now, dumps(numbered.to_json())),
-                )
-            db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
         return True
 
     # ------------------------------------------------------------------ reading
@@ -465,7 +373,7 @@ class RunStore:
         self._check_run(full)
         with self._read() as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (full,)).fetchone()
-            return self._run(db, row)
+            return run_record(db, row)
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         """The newest runs first, with their steps."""
@@ -477,7 +385,7 @@ class RunStore:
             rows = db.execute(
                 "SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?", (limit,)
             ).fetchall()
-            return [self._run(db, row) for row in rows]
+            return [run_record(db, row) for row in rows]
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         """A run's events after sequence number `after` (log lines excluded), in order; a run whose
@@ -500,66 +408,22 @@ class RunStore:
             if step.state in ("succeeded", "cached")
         }
 
-    @staticmethod
-    def _run(db: sqlite3.Connection, row: sqlite3.Row) -> RunRecord:
-        run_id = row["id"]
-        metrics: dict[str, dict[str, float]] = {}
-        for m in db.execute(
-            "SELECT step, name, value FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
-        ):
-            metrics.setdefault(m["step"], {})[m["name"]] = m["value"]
-        attempts: dict[str, list[AttemptRecord]] = {}
-        for a in db.execute("SELECT * FROM attempts WHERE run_id = ? ORDER BY step, attempt", (run_id,)):
-            attempts.setdefault(a["step"], []).append(
-                AttemptRecord(
-                    a["attempt"],
-                    a["state"],
-                    a["started"],
-                    a["finished"],
-                    a["duration"],
-                    a["exit_code"],
-                    a["message"],
-                    a["pid"],
-                )
-            )
-        steps = tuple(
-            StepRecord(
-                name=s["name"],
-                state=s["state"],
-                attempt=s["attempt"],
-                queued=s["queued"],
-                started=s["started"],
-                finished=s["finished"],
-                duration=s["duration"],
-                exit_code=s["exit_code"],
-                message=s["message"],
-                folder=s["folder"],
-                log_path=s["log_path"],
-                outputs=json.loads(s["outputs"] or "{}"),
-                cache_key=s["cache_key"],
-                cached_from=s["cached_from"],
-                metrics=metrics.get(s["name"], {}),
-                attempts=tuple(attempts.get(s["name"], ())),
-            )
-            for s in db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
-        )
-        return RunRecord(
-            id=run_id,
-            pipeline=row["pipeline"],
-            notebook=row["notebook"],
-            engine=row["engine"],
-            state=row["state"],
-            message=row["message"],
-            created=row["created"],
-            started=row["started"],
-            finished=row["finished"],
-            duration=row["duration"],
-            parameters=json.loads(row["parameters"]),
-            folder=row["folder"],
-            remote_id=row["remote_id"],
-            pid=row["pid"],
-            host=row["host"],
-            resumed_from=row["resumed_from"],
-            cancel_requested=bool(row["cancel_requested"]),
-            steps=steps,
-        )
+
+def _record(db: sqlite3.Connection, event: Event) -> None:
+    """Fold one event into the tables, inside the caller's write transaction."""
+    db.execute(
+        "INSERT OR IGNORE INTO runs (id, state, created) VALUES (?, 'running', ?)", (event.run_id, event.time)
+    )
+    if event.step is not None:
+        add_steps(db, event.run_id, [event.step])
+    view = load_view(db, event.run_id)
+    if view.apply(event):
+        fold = FOLDS.get(event.type)
+        if fold is not None:
+            fold(db, event)
+        write_view(db, view, event)
+    db.execute(
+        "INSERT OR REPLACE INTO events (run_id, seq, type, step, time, body) VALUES (?,?,?,?,?,?)",
+        (event.run_id, event.seq, event.type, event.step, event.time, dumps(event.to_json())),
+    )
+    db.execute("UPDATE runs SET last_seq = MAX(last_seq, ?) WHERE id = ?", (event.seq, event.run_id))
