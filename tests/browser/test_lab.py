@@ -613,3 +613,11 @@ def test_dark_theme_screenshots_of_each_stage(page: Any) -> None:
     )
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first.wait_for()
     _docs_shot(page, "executed-notebook", "dark")
+    if _has_debug_magic():  # the debug cells the light test inserted
+        _open(page, PLAIN_TAGS)
+        _open_side_panel(page, "cellpipe-pipeline-panel")
+        page.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.content.scrollToItem(6, 'center').then(() => null)"
+        )
+        page.locator(f"{SHOWN} .jp-Cell").nth(6).locator(".jp-OutputArea-output").first.wait_for()
+        _docs_shot(page, "debug", "dark")
