@@ -138,6 +138,7 @@ class CodeCell:
     index: int
     source: str  # as written in the notebook
     python: str  # after IPython's input transformer: plain Python
+    raises: bool = False  # tagged raises-exception: its error is shown and the step goes on
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ PROBES: dict[str, dict[str, str]] = {
 }
 SAMPLE_NAMES = sorted(PROBES)
 
+
 @dataclass
 class Run:
     """One executed copy of a sample notebook: its folder, executed cells and probed values."""

@@ -50,13 +50,19 @@ _EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXI
 # ---------------------------------------------------------------- cellpipe run
 
 
+def _warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     from converter.notebook.reader import load, read_notebook
     from converter.reports.progress import Progress, choose_mode
 
     notebook = Path(args.notebook)
     pipeline = read_notebook(notebook)
-    parameters = parameter_values(pipeline, args.parameter or [], args.parameters_file or [])
+    parameters = parameter_values(
+        pipeline, args.parameter or [], args.parameters_file or [], warn_unknown=_warning
+    )
     if args.max_parallel is not None and args.max_parallel < 1:
         raise CellpipeError("--max-parallel must be at least 1")
     if args.engine == "kfp" and args.output:

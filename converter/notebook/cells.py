@@ -7,7 +7,7 @@ from typing import Any
 
 from converter.notebook import tags
 from converter.notebook.analysis import CellAnalysis, CellSyntaxError, analyze_cell
-from converter.notebook.drafts import Cell, Report, cell_tag
+from converter.notebook.drafts import Cell, Report
 
 
 def parse_cells(report: Report, nb: Mapping[str, Any]) -> list[Cell]:
@@ -28,8 +28,9 @@ def parse_cells(report: Report, nb: Mapping[str, Any]) -> list[Cell]:
             analysis: CellAnalysis | None = analyze_cell(source)
         except CellSyntaxError as exc:
             line = f" (line {exc.lineno})" if exc.lineno else ""
-            report.error(index, cell_tag(cell_tags), f"syntax error: {exc.message}{line}")
             analysis = None
+            message = f"syntax error: {exc.message}{line}"
+            report.deferred.append((Cell(index, source, cell_tags, None), message))
         cells.append(Cell(index, source, cell_tags, analysis))
     return cells
 

@@ -64,7 +64,10 @@ def data_flow(
         imported = set(common.imports)
     for draft in drafts:
         analyses = [c.analysis for c in draft.cells if c.analysis is not None]
-        if len(analyses) != len(draft.cells):
+        if report.lenient and len(analyses) != len(draft.cells):  # the run stops at the broken cell
+            before = draft.cells[: draft.cells.index(_broken(draft))]
+            analyses = [c.analysis for c in before if c.analysis is not None]
+        if len(analyses) != len(draft.cells) and not report.lenient:
             step_analysis[draft.name] = analyze_sequence(analyses) if analyses else EMPTY
             continue
         block = analyze_sequence(analyses)
@@ -105,7 +108,7 @@ def data_flow(
             elif opaque_before and min(opaque_before) <= draft.cells[-1].index:
                 continue  # a %run, exec or star import may define it: cannot tell
             else:
-                report.error_at(
+                report.code_error(
                     reading_cell(draft, name),
                     f"name {name!r} is not defined before step {draft.name!r} "
                     "(not a builtin, import, parameter or earlier step's variable)",
@@ -236,3 +239,8 @@ def _changed(
             elif callee not in imported:
                 changed |= site.roots()
     return changed
+
+
+def _broken(draft: StepDraft) -> Cell:
+    """The step's first cell with a syntax error."""
+    return next(c for c in draft.cells if c.analysis is None)

@@ -15,6 +15,11 @@ class Report:
     def __init__(self, notebook: str) -> None:
         self.notebook = notebook
         self.problems: list[Problem] = []
+        # An untagged notebook runs as papermill runs it: a mistake in a cell's code (a syntax error,
+        # an undefined name) stops the run at that cell instead of refusing the notebook. Grouping
+        # decides; syntax errors found before that wait in `deferred`.
+        self.lenient = False
+        self.deferred: list[tuple[Cell, str]] = []
 
     def error(self, cell: int | None, tag: str | None, message: str) -> None:
         self.problems.append(Problem(self.notebook, cell, tag, "error", message))
@@ -25,6 +30,14 @@ class Report:
     def error_at(self, cell: Cell, message: str) -> None:
         """An error in a cell's code, labelled with the cell's own step tag (if it has one)."""
         self.error(cell.index, cell_tag(cell.tags), message)
+
+    def code_error(self, cell: Cell, message: str) -> None:
+        """A mistake in a cell's code: an error, but a warning in an untagged notebook (see `lenient`)."""
+        if self.lenient:
+            stops = f"{message}; the run stops at this cell, as papermill's does"
+            self.warn(cell.index, cell_tag(cell.tags), stops)
+        else:
+            self.error_at(cell, message)
 
     @property
     def has_errors(self) -> bool:
@@ -68,7 +81,7 @@ EMPTY = CellAnalysis(
 
 def code_cell(cell: Cell) -> CodeCell:
     python = cell.analysis.python if cell.analysis else cell.source
-    return CodeCell(cell.index, cell.source, python)
+    return CodeCell(cell.index, cell.source, python, raises=cell.tags.raises)
 
 
 def cell_tag(cell_tags: tags.CellTags) -> str | None:

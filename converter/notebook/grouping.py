@@ -16,6 +16,10 @@ def group(report: Report, cells: list[Cell]) -> tuple[list[StepDraft], dict[str,
     preamble: list[Cell] = []
     by_name: dict[str, StepDraft] = {}
     tagged = any(c.tags.step or c.tags.continues for c in cells)
+    report.lenient = not tagged
+    for cell, message in report.deferred:
+        report.code_error(cell, message)
+    report.deferred.clear()
     if not tagged:
         name = step_name_from_file(Path(report.notebook).stem)
         first = next((c for c in cells if c.tags.role is None), None)

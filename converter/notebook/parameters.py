@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,13 @@ def parameter_values(
     pipeline: Pipeline,
     pairs: Sequence[Sequence[str]],
     files: Sequence[str],
+    warn_unknown: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The user's `-f` files (in order), then `-p` pairs, checked and coerced to the declared types.
 
-    Only the values the user gave are returned; the engine fills in the defaults.
+    Only the values the user gave are returned; the engine fills in the defaults. With
+    `warn_unknown`, a name the notebook does not declare is left out with that warning, as
+    papermill's command line does (`cellpipe run`); without it, it is an error.
     """
     given: dict[str, tuple[object, str | None]] = {}  # name -> (value, raw -p text if any)
     for file in files:
@@ -58,6 +61,11 @@ def parameter_values(
             given[str(name)] = (value, None)
     for name, raw in pairs:
         given[name] = (papermill_value(raw), raw)
+    if warn_unknown is not None:
+        declared = {p.name for p in pipeline.parameters}
+        for name in sorted(set(given) - declared):
+            warn_unknown(f"{pipeline.notebook}: passed unknown parameter {name!r}; ignored")
+            del given[name]
     return _typed(pipeline, given)
 
 

@@ -46,6 +46,8 @@ ROLE_TAGS: Mapping[str, Role] = {
     "skip": "skip",
 }
 
+RAISES_TAG = "raises-exception"  # papermill's and nbclient's: the cell is expected to raise
+
 # Settings that accumulate across tags instead of the last one winning.
 LIST_SETTINGS = (
     "packages",
@@ -71,6 +73,7 @@ class CellTags:
     settings: Settings = field(default_factory=dict)  # from tags
     structured: Settings = field(default_factory=dict)  # from metadata.cellpipe
     search: dict[str, str] = field(default_factory=dict)
+    raises: bool = False  # papermill's `raises-exception`: an error here is shown and the run goes on
 
 
 class _Sink:
@@ -190,6 +193,9 @@ def parse_tags(notebook: str, index: int, tags: Sequence[str], problems: list[Pr
             continue
         if tag in ROLE_TAGS:
             _set_role(cell, ROLE_TAGS[tag], tag, sink)
+            continue
+        if tag == RAISES_TAG:
+            cell.raises = True
             continue
         prefix, colon, value = tag.partition(":")
         if not colon:

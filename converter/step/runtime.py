@@ -676,7 +676,10 @@ class _Step:
                 self.done.append({**cell, "execution_count": count, "outputs": self.outputs, "seconds": t})
                 if isinstance(error, SystemExit) and error.code in (None, 0):
                     return True
-                if error is not None:
+                if error is not None and cell.get("raises") and isinstance(error, Exception):
+                    if not shown:  # expected: shown, and the step goes on
+                        self.outputs.append(self._error_output(error))
+                elif error is not None:
                     self._record_error(cell["index"], error, shown)
                     return False
             return True
@@ -713,8 +716,17 @@ class _Step:
             return error, False
         return None, False
 
-    def _record_error(self, index: int, error: BaseException, shown: bool = False) -> None:
+    def _error_output(self, error: BaseException) -> dict[str, Any]:
         import traceback
+
+        tb = error.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
+            tb = tb.tb_next  # hide the runtime's own frames
+        lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
+        ename, evalue = type(error).__name__, str(error)
+        return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines}
+
+    def _record_error(self, index: int, error: BaseException, shown: bool = False) -> None:
 
         ename, evalue = type(error).__name__, str(error)
         if isinstance(error, SyntaxError) and shown:
@@ -723,12 +735,8 @@ class _Step:
         self.failure = f"cell {index} raised {ename}: {evalue}"
         if shown:  # the shell recorded it, as ipykernel would
             return
-        tb = error.__traceback__
-        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
-            tb = tb.tb_next  # hide the runtime's own frames
-        lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
-        self.outputs.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines})
-        self.real_err.write("\n".join(lines) + "\n")
+        self.outputs.append(output := self._error_output(error))
+        self.real_err.write("\n".join(output["traceback"]) + "\n")
         self.real_err.flush()
 
     def _flush_figures(self) -> None:

@@ -88,6 +88,8 @@ def _cell_spec(cell: CodeCell, role: str) -> dict[str, object]:
     spec: dict[str, object] = {"index": cell.index, "role": role, "code": cell.python}
     if cell.source.rstrip("\n") != cell.python.rstrip("\n"):  # not for the newline `python` ends with
         spec["source"] = cell.source
+    if cell.raises:
+        spec["raises"] = True
     return spec
 
 
@@ -106,6 +108,7 @@ def step_tail(pipeline: Pipeline, step: Step) -> str:
             for cell in value:  # type: ignore[attr-defined]
                 code = _code_literal(cell["code"])
                 source = f', "source": {_code_literal(cell["source"])}' if "source" in cell else ""
+                source += ', "raises": True' if cell.get("raises") else ""
                 lines.append(
                     f'        {{"index": {cell["index"]}, "role": "{cell["role"]}", "code": {code}{source}}},'
                 )

@@ -25,7 +25,8 @@ from papermill.cli import _resolve_type
 from converter.cli.main import main
 from converter.errors import CellpipeError
 from converter.model import Parameter
-from converter.notebook.parameters import coerce, papermill_value
+from converter.notebook.parameters import coerce, papermill_value, parameter_values
+from converter.notebook.reader import read_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_notebooks"
@@ -155,11 +156,19 @@ def test_yaml_values_keep_their_type_but_must_fit(tmp_path: Path) -> None:
         coerce(_param("int"), "12", None, "nb")  # quoted in YAML: a string, not an int
 
 
-def test_unknown_parameter_and_bad_value_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_parameter_warns_as_papermill_and_bad_value_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     notebook = _sample(tmp_path, "sklearn_tabular.ipynb")
-    assert main(["run", str(notebook), "-p", "max_iters", "5"]) == 2
-    err = capsys.readouterr().err
-    assert "unknown parameter 'max_iters'" in err and "sklearn_tabular.ipynb" in err and "max_iter" in err
+    pipeline = read_notebook(notebook)
+    warnings: list[str] = []
+    values = parameter_values(
+        pipeline, [["max_iters", "5"], ["max_iter", "7"]], [], warn_unknown=warnings.append
+    )
+    assert values == {"max_iter": 7}
+    assert warnings == [f"{notebook}: passed unknown parameter 'max_iters'; ignored"]
+    with pytest.raises(CellpipeError, match="unknown parameter 'max_iters'"):
+        parameter_values(pipeline, [["max_iters", "5"]], [])  # REST, widgets, schedule: still an error
     assert main(["run", str(notebook), "-p", "max_iter", "lots"]) == 2
     err = capsys.readouterr().err
     assert "parameter 'max_iter' is int; cannot use 'lots'" in err and "sklearn_tabular.ipynb" in err

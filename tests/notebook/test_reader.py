@@ -896,3 +896,23 @@ def test_a_computed_path_keeps_the_steps_that_touch_files_in_notebook_order() ->
         "nb.ipynb: cell 4 [step:shell]: warning: step 'shell' touches files it cannot name (a computed "
         "path or a shell command): the steps that touch files run in notebook order",
     ]
+
+
+def test_an_untagged_notebook_runs_up_to_a_code_mistake_as_papermill_does() -> None:
+    p, problems = check("x = 1", "print(totl)", "y = (", "print('never')")
+    assert p is not None and [s.name for s in p.steps] == ["nb"]
+    assert [str(w) for w in problems] == [
+        "nb.ipynb: cell 1: warning: name 'totl' is not defined before step 'nb' (not a builtin, import, "
+        "parameter or earlier step's variable); the run stops at this cell, as papermill's does",
+        "nb.ipynb: cell 2: warning: syntax error: '(' was never closed (line 1); the run stops at this "
+        "cell, as papermill's does",
+    ]
+    assert p.steps[0].cells[2].python == "y = ("  # run as written: the step raises SyntaxError there
+    # Tagged, the same mistakes are errors: a pipeline is checked before any step runs.
+    assert len(errors_of(("x = 1", ["step:a"]), ("print(totl)", ["step:b"]), ("y = (", ["step:c"]))) == 2
+
+
+def test_raises_exception_is_a_known_tag_carried_to_the_step() -> None:
+    p, problems = check(("d = {}", ["step:a"]), ("d['k']", ["raises-exception"]), ("print(d)", []))
+    assert p is not None and problems == []
+    assert [c.raises for c in p.step("a").cells] == [False, True, False]

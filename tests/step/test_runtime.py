@@ -295,6 +295,24 @@ def test_failing_cell_records_the_error_and_still_writes_results(tmp_path: Path)
     assert "ZeroDivisionError" in page and "not run" in page
 
 
+def test_a_raises_exception_cell_shows_its_error_and_the_step_goes_on(tmp_path: Path) -> None:
+    spec = make_spec(
+        cell(1, "d = {}\n"),
+        {**cell(2, "d['missing']\n"), "raises": True},
+        cell(3, "print('after', d)\n"),
+        outputs=["d"],
+    )
+    outputs = tmp_path / "cells.json"
+    result = run(spec, "--output", "d", tmp_path / "d", "--cell-outputs", outputs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    recorded = cell_outputs(outputs)
+    assert recorded["status"] != "error" and recorded.get("error_cell") is None
+    error = recorded["cells"][1]["outputs"][-1]
+    assert (error["output_type"], error["ename"]) == ("error", "KeyError")
+    assert recorded["cells"][2]["outputs"][0]["text"] == "after {}\n"
+    assert load_value(tmp_path / "d") == {}
+
+
 def test_syntax_error_names_the_cell(tmp_path: Path) -> None:
     result = run(make_spec(cell(2, "x = (\n")), "--cell-outputs", tmp_path / "c.json", cwd=tmp_path)
     assert result.returncode == 1
