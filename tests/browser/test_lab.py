@@ -432,6 +432,30 @@ def test_editing_a_value_changes_exactly_that_tag(page: Any, lab: Lab) -> None:
     ).to_have_text("from tag cpu:750m")
 
 
+def test_settings_move_to_metadata_and_back_when_the_user_chooses(page: Any, lab: Lab) -> None:
+    form = page.locator("#cellpipe-step-form")
+    _select_cell(page, 4)
+    playwright_sync.expect(_field(page, "step")).to_have_value("score", timeout=TIMEOUT_MS)
+    form.locator("#cp-write-target").select_option("metadata")
+    form.get_by_role("button", name="Apply").click()
+    source = form.locator('.cp-field[data-field="memory_limit"] .cp-source')
+    playwright_sync.expect(source).to_have_text("from metadata.cellpipe", timeout=TIMEOUT_MS)
+    cell = page.evaluate(
+        "() => { const m = window.jupyterapp.shell.currentWidget.content.widgets[4].model;"
+        " return [m.getMetadata('tags') || [], m.getMetadata('cellpipe')]; }"
+    )
+    assert cell == [[], {"step": "score", "cpu": "1", "memory_limit": "2Gi"}]
+    _shot(page, "form-metadata")
+    form.locator("#cp-write-target").select_option("tags")
+    form.get_by_role("button", name="Apply").click()
+    playwright_sync.expect(source).to_have_text("from tag memory-limit:2Gi", timeout=TIMEOUT_MS)
+    cell = page.evaluate(
+        "() => { const m = window.jupyterapp.shell.currentWidget.content.widgets[4].model;"
+        " return [m.getMetadata('tags'), m.getMetadata('cellpipe') ?? null]; }"
+    )
+    assert cell == [["step:score", "cpu:1", "memory-limit:2Gi"], None]
+
+
 def test_commands_are_on_the_toolbar_in_the_palette_and_on_keys(page: Any) -> None:
     toolbar = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-NotebookPanel-toolbar")
     for command in ("validate", "compile", "run-local", "submit", "debug"):
