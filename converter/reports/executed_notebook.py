@@ -20,7 +20,7 @@ import papermill
 from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 from papermill.translators import translate_parameters
 
-from converter.events import Event
+from converter.events import Event, RunView
 from converter.model import Pipeline
 from converter.outputs import write_file
 
@@ -215,5 +215,8 @@ def _iso(timestamp: float) -> str:
 
 
 def failure_messages(events: Sequence[Event]) -> dict[str, str]:
-    """Why each failed step failed, from its last `step_failed` event (`build`'s `failures`)."""
-    return {e.step: e.message or "step failed" for e in events if e.type == "step_failed" and e.step}
+    """Why each failed step failed, as the event fold has it (`build`'s `failures`)."""
+    run = RunView()
+    for event in events:
+        run.apply(event)
+    return {name: step.message or "step failed" for name, step in run.steps.items() if step.state == "failed"}
