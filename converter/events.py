@@ -3,6 +3,10 @@
 The CLI, the notebook widgets and the JupyterLab panel know engines only through these events,
 so a local run and a cluster run look the same to them. Events are JSON-serialisable and carry a
 per-run sequence number so a reconnecting client can resume after the last one it saw.
+
+`RunView` is the one fold of a stream into the run's state (steps, attempts, times, messages, log
+tails, metrics): every reader folds with it, and the lab extension's TypeScript twin is checked
+against it on the same recorded streams (tests/event_streams/).
 """
 
 from __future__ import annotations
