@@ -72,7 +72,14 @@ export class CellsState {
       }))
     };
     try {
-      const view = await api.cells(this.panel.context.path, notebook);
+      const path = this.panel.context.path;
+      // A notebook too big to send (the server caps request bodies) is read from its saved file.
+      const view = await api.cells(path, notebook).catch(reason => {
+        if (reason instanceof api.ApiError && reason.status === 413) {
+          return api.cells(path);
+        }
+        throw reason;
+      });
       if (asked === this.asked) {
         [this.view, this.error] = [view, null];
       }
