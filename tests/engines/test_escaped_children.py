@@ -62,3 +62,43 @@ def test_escaped_children_end_with_their_step(
     assert result.step_states["escape"] == state
     child = int(pidfile.read_text())
     assert _gone(child), psutil.Process(child).cmdline()
+
+
+ENGINE = """
+import sys
+from pathlib import Path
+from converter.engines.base import RunRequest
+from converter.engines.local.engine import LocalEngine
+from converter.notebook.reader import read_notebook
+
+notebook = Path(sys.argv[2])
+LocalEngine(Path(sys.argv[1]), fork_server=False).run(RunRequest(read_notebook(notebook), notebook), [])
+"""
+
+
+def test_step_subprocesses_die_with_a_killed_engine(tmp_path: Path) -> None:
+    """Without the fork server (GPU steps, CELLPIPE_NO_FORK) a step is the engine's own child."""
+    import os
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "step.pid"
+    nb = nbformat.v4.new_notebook()
+    code = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)"
+    nb.cells = [nbformat.v4.new_code_cell(code, metadata={"tags": ["step:wait"]})]
+    notebook = tmp_path / "wait.ipynb"
+    nbformat.write(nb, notebook)
+    root = Path(__file__).resolve().parents[2]
+    engine = subprocess.Popen(
+        [sys.executable, "-c", ENGINE, str(tmp_path / "home"), str(notebook)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        step = int(pidfile.read_text())
+    finally:
+        engine.kill()
+        engine.wait()
+    assert _gone(step)
