@@ -114,7 +114,8 @@ export class RunResults {
     if (error && error.traceback.length > 0) {
       const pre = document.createElement('pre');
       pre.className = 'cp-traceback';
-      pre.textContent = stripAnsi(error.traceback.slice(-6).join('\n'));
+      const lines = error.traceback.map(stripAnsi).filter(line => !/^-+$/.test(line.trim())); // IPython's rule
+      pre.textContent = lines.slice(-6).join('\n');
       box.appendChild(pre);
     }
     box.appendChild(

@@ -34,6 +34,7 @@ NOTEBOOK = "plain_untagged.ipynb"
 PLAIN_TAGS = "plain_tags.ipynb"  # tagged as the README teaches; its second step fails
 DOCS_IMAGES = ROOT / "docs" / "images"
 SHOWN = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on screen (others stay in the DOM)
+SHOWN_TAB = ".jp-MainAreaWidget:not(.lm-mod-hidden)"
 TIMEOUT_MS = 60_000
 
 if not CHROMIUM.exists():
@@ -637,6 +638,9 @@ def test_dark_theme_screenshots_of_each_stage(page: Any) -> None:
     )
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first.wait_for()
     _docs_shot(page, "executed-notebook", "dark")
+    page.locator("#cellpipe-pipeline-panel .cp-open-report", has_text="load-data").first.click()
+    page.frame_locator(f"{SHOWN_TAB} .cp-report-frame iframe").locator("h1").wait_for()
+    _docs_shot(page, "report", "dark")
     if _has_debug_magic():  # the debug cells the light test inserted
         _open(page, PLAIN_TAGS)
         _open_side_panel(page, "cellpipe-pipeline-panel")
