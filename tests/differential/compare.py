@@ -17,7 +17,9 @@ import nbformat
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
-_CELL_FILE = re.compile(r"(/tmp/ipykernel_\d+/\d+\.py|<ipython-input-[^>]*>|Cell In\[\d*\])")
+# The file names kernels give cells: ipykernel's /tmp/ipykernel_PID/HASH.py (HASH.py alone in a
+# SyntaxError's message), IPython's older <ipython-input-N-...> and its "Cell In[N]" frame headers.
+_CELL_FILE = re.compile(r"(/tmp/ipykernel_\d+/\d+\.py|\b\d{6,}\.py\b|<ipython-input-[^>]*>|Cell In\[\d*\])")
 _SHOWN = ("text/plain", "text/html", "text/markdown", "text/latex")
 SKIPPED_TAGS = frozenset({"injected-parameters"})
 

@@ -37,7 +37,6 @@ REFUSED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("undefined_name", "steps"): "name 'totl' is not defined before step 'second'",
 }
 # (notebook, variant) -> why cellpipe still differs from papermill there.
-_TRACEBACK = "issue 10 items 2/8: step errors show a plain Python traceback, not IPython's"
 _RAISES = (
     "issue 10 item 8: papermill runs past a raises-exception cell but still exits 1 on its error "
     "(marking that cell); cellpipe runs past it and exits 0"
@@ -49,8 +48,6 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("raises_exception", "steps"): _RAISES,
     ("raises_exception", "untagged"): _RAISES,
     ("seeded_random", "steps"): "issue 10 item 6: the global RNG state does not travel between steps",
-    ("syntax_error", "untagged"): _TRACEBACK,
-    ("undefined_name", "untagged"): _TRACEBACK,
 }
 
 _PAPERMILL_BATCH = """
