@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import psutil
-
 _READ_SIZE = 1 << 16
 _LONGEST_LINE = 1 << 16  # a line longer than this (a progress bar without newlines) is cut
 _DRAIN_SECONDS = 2.0  # after exit, how long a grandchild that escaped the group may hold the pipes
@@ -453,23 +451,32 @@ def _die_with_parent() -> None:
 
 
 def kill_marked(marker: str) -> int:
-    """SIGKILL every process of this user whose environment has ``STEP_MARKER`` starting with
-    `marker`: a step's descendants, even those that left its process group and session (a daemon,
+    """SIGKILL every process whose environment has ``STEP_MARKER`` starting with `marker`: a step's
+    descendants, even those that left its process group and session (a daemon,
     ``Popen(start_new_session=True)``), as long as they keep the environment they inherited. The
     fork server is a child subreaper, so such processes of forked steps are its children, which it
-    reaps. How many were killed."""
+    reaps. How many were killed.
+
+    Reads ``/proc/PID/environ`` directly (a few milliseconds for a few hundred processes; psutil
+    objects cost some 50 times that, on every step's end). Linux only; elsewhere nothing."""
+    needle = f"\0{STEP_MARKER}={marker}".encode()
     killed = 0
-    uid = os.getuid()
-    for process in psutil.process_iter(["uids", "environ"]):
-        try:
-            info = process.info
-            if info["uids"] is None or info["uids"].real != uid or not info["environ"]:
-                continue
-            if str(info["environ"].get(STEP_MARKER, "")).startswith(marker):
-                process.kill()
-                killed += 1
-        except (psutil.Error, OSError):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit():
             continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = b"\0" + handle.read()
+        except OSError:  # gone, or someone else's
+            continue
+        if needle in environ:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
     return killed
 
 
