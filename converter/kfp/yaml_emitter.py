@@ -3,7 +3,7 @@
 KFP writes the IR with `yaml.dump_all(..., sort_keys=True)`, PyYAML's pure-Python emitter, so a
 person who runs the generated `NAME.py` gets exactly those bytes and `cellpipe compile` must write
 them too (libyaml's emitter is fast but folds long quoted strings differently). Commands carry
-cell code and the pipeline the packed runtime (~13 kB), and the pure emitter walks such strings
+cell code and the pipeline the packed runtime (~16 kB), and the pure emitter walks such strings
 character by character twice, in `analyze_scalar` and `write_double_quoted`: most of a large compile. The
 overrides below make the same decisions with regular expressions and slices; tests compare their
 output with PyYAML's own.
