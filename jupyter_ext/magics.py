@@ -12,7 +12,10 @@ Bad arguments and anything that stops the loading are one line (IPython's UsageE
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -41,24 +44,44 @@ def cellpipe(shell: Any, line: str) -> None:
 
 
 def inputs(shell: Any, run: str, step: str) -> None:
-    from converter.store.step_inputs import read_step_inputs
+    from converter.store.step_inputs import read_step_inputs, restore_random_state
 
     try:
         loaded = read_step_inputs(run, step)
     except CellpipeError as error:
         raise UsageError(" ".join(str(error).split())) from None
+    replayed, unreplayed = [], []
     for cell in loaded.setup:
+        quiet = io.StringIO() if cell.role == "replay" else None  # replays run silently, as in the step
         try:
-            shell.ex(cell.code)
+            with (
+                contextlib.redirect_stdout(quiet or sys.stdout),
+                contextlib.redirect_stderr(quiet or sys.stderr),
+            ):
+                shell.ex(cell.code)
         except Exception as error:
-            raise UsageError(
-                f"the {cell.role} cell {cell.index} failed here: {type(error).__name__}: {error}"
-            ) from None
+            why = f"{type(error).__name__}: {error}"
+            if cell.role != "replay":
+                raise UsageError(f"the {cell.role} cell {cell.index} failed here: {why}") from None
+            unreplayed.append(f"cell {cell.index} of step {cell.step!r} ({why})")
+        else:
+            if cell.role == "replay":
+                replayed.append(cell)
+    if loaded.random_state is not None:  # after the shared cells, as the step runtime sets it
+        restore_random_state(loaded.random_state)
     shell.push({value.name: value.value for value in loaded.values})
     state = loaded.state + (f": {loaded.message}" if loaded.message else "")
     print(f"cellpipe: step {loaded.step!r} of run {loaded.run_id} ({loaded.engine}, {state})")
-    if loaded.setup:
-        print("  ran " + ", ".join(f"the {c.role} cell {c.index}" for c in loaded.setup))
+    shared = [c for c in loaded.setup if c.role != "replay"]
+    if shared:
+        print("  ran " + ", ".join(f"the {c.role} cell {c.index}" for c in shared))
+    if replayed:
+        steps = sorted({str(c.step) for c in replayed})
+        print(f"  replayed the imports and settings of earlier steps ({', '.join(steps)})")
+    for where in unreplayed:
+        print(f"  could not replay {where}")
+    if loaded.random_state is not None:
+        print("  set the random generators' state the step started with")
     width = max((len(v.name) for v in loaded.values), default=0)
     for value in loaded.values:
         shown = _describe(value.value)

@@ -31,7 +31,7 @@ from converter.store.object_store import ObjectStore, split_uri
 from converter.store.runstore import RunRecord, RunStore, StepRecord
 from converter.store.workspace import Workspace
 
-_SHARED_ROLES = ("imports", "functions")
+RANDOM_STATE = "cellpipe_random_state"  # the input carrying the global random generators' state
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,13 @@ class LoadedValue:
 
 @dataclass(frozen=True)
 class SetupCell:
-    """An imports or functions cell: every step runs it before its own cells."""
+    """What the step runs before its own cells: the imports and functions cells, then the replay of
+    earlier steps' imports and process-wide state (role "replay", where the runtime carries them)."""
 
     index: int
     role: str
     code: str  # plain Python (magics already turned into get_ipython() calls)
+    step: str | None = None  # the earlier step a replayed cell belongs to
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class StepInputs:
     cells: tuple[int, ...]  # the step's own cells (notebook indices)
     code: str  # the step's cells as written in the notebook, one block
     values: tuple[LoadedValue, ...]  # inputs from earlier steps, then parameters
+    random_state: Any = None  # the global random generators' state the step started with, if carried
 
 
 def read_step_inputs(run: str, step: str, workspace: Path | None = None) -> StepInputs:
@@ -82,21 +85,38 @@ def read_step_inputs(run: str, step: str, workspace: Path | None = None) -> Step
     spec = _spec(record, found)
     started = _last_data(events, "step_started", step)
     values = [*_inputs(space, record, found, spec, events, started), *_parameters(record, spec)]
+    random_state = next((v.value for v in values if v.name == RANDOM_STATE), None)
     cells = spec.get("cells", [])
-    own = [c for c in cells if c.get("role") not in _SHARED_ROLES]
+    own = [c for c in cells if c.get("role", "step") == "step"]
+    setup = [c for c in cells if c.get("role", "step") != "step"]
     return StepInputs(
         run_id=record.id,
         step=step,
         engine=record.engine,
         state=found.state,
         message=found.message,
-        setup=tuple(
-            SetupCell(c["index"], c["role"], c["code"]) for c in cells if c.get("role") in _SHARED_ROLES
-        ),
+        setup=tuple(SetupCell(c["index"], c["role"], c["code"], c.get("step")) for c in setup),
         cells=tuple(c["index"] for c in own),
         code="\n\n".join(c.get("source", c["code"]).rstrip("\n") for c in own) + "\n",
-        values=tuple(values),
+        values=tuple(v for v in values if v.name != RANDOM_STATE),
+        random_state=random_state,
     )
+
+
+def restore_random_state(state: dict[str, Any]) -> None:
+    """Give this process's global generators (`random`, numpy's when carried) a step's starting state."""
+    import random
+
+    random.setstate(_tuples(state["random"]))
+    if "numpy" in state:
+        import numpy
+
+        numpy.random.set_state(_tuples(state["numpy"]))
+
+
+def _tuples(state: Any) -> Any:
+    """A generator state read back from JSON has lists where `setstate` wants tuples."""
+    return tuple(_tuples(part) for part in state) if isinstance(state, list) else state
 
 
 def _spec(record: RunRecord, step: StepRecord) -> dict[str, Any]:
