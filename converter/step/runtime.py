@@ -555,6 +555,7 @@ class _Step:
         self.real_err: Any = sys.stderr  # the process's stderr while cells run with a tee
         self.error_cell: int | None = None
         self.failure: str | None = None
+        self.expected: list[tuple[int, BaseException]] = []  # errors of raises-exception cells
 
     def run(self, argv: list[str]) -> int:
         args: dict[str, Any] = {}
@@ -582,6 +583,10 @@ class _Step:
             if self._run_cells():
                 self._save_outputs(args["output"])
                 self._write_metrics(args)
+                if self.expected:  # papermill too runs past raises-exception cells, then fails on the first
+                    index, raised = self.expected[0]
+                    self.error_cell = index
+                    self.failure = f"cell {index} raised {type(raised).__name__}: {raised}"
         except StepFailed as failure:
             self.failure = str(failure)
         finally:
@@ -677,6 +682,7 @@ class _Step:
                 if isinstance(error, SystemExit) and error.code in (None, 0):
                     return True
                 if error is not None and cell.get("raises") and isinstance(error, Exception):
+                    self.expected.append((cell["index"], error))
                     if not shown:  # expected: shown, and the step goes on
                         self.outputs.append(self._error_output(error))
                 elif error is not None:

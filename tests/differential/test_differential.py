@@ -37,16 +37,10 @@ REFUSED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("undefined_name", "steps"): "name 'totl' is not defined before step 'second'",
 }
 # (notebook, variant) -> why cellpipe still differs from papermill there.
-_RAISES = (
-    "issue 10 item 8: papermill runs past a raises-exception cell but still exits 1 on its error "
-    "(marking that cell); cellpipe runs past it and exits 0"
-)
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("kale_parameters_metrics", "steps"): "issue 10 item 12: pipeline parameters refused as metrics",
     ("magics_and_shell", "steps"): "issue 10 item 7: module check runs before %%writefile made the module",
     ("magics_and_shell", "untagged"): "issue 10 item 7: module check runs before %%writefile made the module",
-    ("raises_exception", "steps"): _RAISES,
-    ("raises_exception", "untagged"): _RAISES,
     ("seeded_random", "steps"): "issue 10 item 6: the global RNG state does not travel between steps",
 }
 

@@ -295,7 +295,8 @@ def test_failing_cell_records_the_error_and_still_writes_results(tmp_path: Path)
     assert "ZeroDivisionError" in page and "not run" in page
 
 
-def test_a_raises_exception_cell_shows_its_error_and_the_step_goes_on(tmp_path: Path) -> None:
+def test_a_raises_exception_cell_shows_its_error_the_step_goes_on_then_fails(tmp_path: Path) -> None:
+    """As papermill: every cell runs, the outputs are saved, and the run fails on the first such error."""
     spec = make_spec(
         cell(1, "d = {}\n"),
         {**cell(2, "d['missing']\n"), "raises": True},
@@ -304,9 +305,9 @@ def test_a_raises_exception_cell_shows_its_error_and_the_step_goes_on(tmp_path: 
     )
     outputs = tmp_path / "cells.json"
     result = run(spec, "--output", "d", tmp_path / "d", "--cell-outputs", outputs, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1 and "cell 2 raised KeyError: 'missing'" in result.stderr
     recorded = cell_outputs(outputs)
-    assert recorded["status"] != "error" and recorded.get("error_cell") is None
+    assert recorded["status"] == "error" and recorded["error_cell"] == 2
     error = recorded["cells"][1]["outputs"][-1]
     assert (error["output_type"], error["ename"]) == ("error", "KeyError")
     assert recorded["cells"][2]["outputs"][0]["text"] == "after {}\n"
