@@ -23,6 +23,7 @@ folder. Exit status 0 only if every check holds.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
 import os
@@ -287,6 +288,7 @@ def main() -> int:
         write_notebook(notebook)
         env = {**os.environ, "CELLPIPE_HOME": str(home), "PYTHONPATH": str(ROOT)}
         server, base = start_server(folder, env)
+        atexit.register(lambda: server.poll() is None and server.kill())  # interrupted: no server left
         stop = threading.Event()
         readers = [
             threading.Thread(

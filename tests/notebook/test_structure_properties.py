@@ -47,6 +47,22 @@ CELLPIPE_METADATA = st.one_of(
 )
 
 
+KALE_METADATA = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "pipeline_name": ANY_JSON,
+            "steps_defaults": ANY_JSON,
+            "volumes": ANY_JSON,
+            "enable_caching": ANY_JSON,
+            "docker_image": ANY_JSON,
+            "experiment": ANY_JSON,
+        },
+    ),
+    ANY_JSON,
+)
+
+
 @st.composite
 def cells(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
@@ -86,6 +102,7 @@ def notebooks(draw: st.DrawFn) -> Any:
                         "kernelspec": ANY_JSON,
                         "language_info": ANY_JSON,
                         "cellpipe": CELLPIPE_METADATA,
+                        "kubeflow_notebook": KALE_METADATA,
                     },
                 ),
                 ANY_JSON,
