@@ -139,7 +139,7 @@ def test_save_and_load_in_process(tmp_path: Path) -> None:
     assert save_value(pd.Series([1, 2], name=("a", "b")), tmp_path / "s") == "pkl"
     named = load_value(tmp_path / "s")
     assert isinstance(named, pd.Series) and named.name == ("a", "b")
-    assert save_value(pd.Series([1, 2]), tmp_path / "u") == "arrow"
+    assert save_value(pd.Series([1, 2]), tmp_path / "u") == "columns"
     pd.testing.assert_series_equal(load_value(tmp_path / "u"), pd.Series([1, 2]))
     with pytest.raises(FileNotFoundError):
         load_value(tmp_path / "nothing")
@@ -182,6 +182,46 @@ def test_frames_travel_as_uncompressed_arrow_and_old_parquet_artifacts_still_loa
     frame.to_parquet(old / "value.parquet", engine="pyarrow", compression=None)
     (old / "meta.json").write_text(json.dumps({"format": "parquet"}))
     pd.testing.assert_frame_equal(load_value(old), frame)
+
+
+def mapped(array: Any) -> bool:
+    while array is not None and not isinstance(array, np.memmap):
+        array = array.base
+    return array is not None
+
+
+def test_a_numeric_frame_travels_as_mapped_columns_copy_on_write(tmp_path: Path) -> None:
+    rows = 200_000  # 1.6 MB per column: mapped
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(rows),
+            "v": np.linspace(0, 1, rows),
+            "g": (np.arange(rows) % 7).astype(np.int32),
+            "ok": np.arange(rows) % 2 == 0,
+            "t": pd.date_range("2024-01-01", periods=rows, freq="s"),
+        }
+    )
+    assert save_value(frame, tmp_path / "f") == "columns"
+    assert sorted(p.name for p in (tmp_path / "f" / "value.columns").iterdir()) == [
+        f"{i}.npy" for i in range(5)
+    ]
+    loaded = load_value(tmp_path / "f")
+    pd.testing.assert_frame_equal(loaded, frame)  # dtypes, order, index
+    assert all(mapped(loaded[c].to_numpy()) for c in ("id", "v"))  # views of the mapped files: not copied
+    loaded.loc[0, "v"] = 5.0
+    loaded["id"] += 1
+    pd.testing.assert_frame_equal(load_value(tmp_path / "f"), frame)  # the stored columns never change
+    stepped = pd.DataFrame({"a": [1.5, 2.5]}, index=pd.RangeIndex(10, 14, 2, name="r"))
+    assert save_value(stepped, tmp_path / "r") == "columns"
+    pd.testing.assert_frame_equal(load_value(tmp_path / "r"), stepped)
+    series = pd.Series(np.arange(3.0), name="score")
+    assert save_value(series, tmp_path / "s") == "columns"
+    pd.testing.assert_series_equal(load_value(tmp_path / "s"), series)
+    assert save_value(frame.set_index("id"), tmp_path / "i") == "arrow"  # any other index: Arrow
+    nullable = pd.DataFrame({"a": pd.array([1, None], dtype="Int64")})
+    assert save_value(nullable, tmp_path / "n") == "arrow"  # extension dtypes: Arrow
+    assert save_value([1], tmp_path / "f") == "json"  # the columns folder does not linger
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["meta.json", "value.json"]
 
 
 def test_parameters_arrive_typed(tmp_path: Path) -> None:
