@@ -9,6 +9,7 @@ from converter.model import Edge, Parameter, Step, StepSettings
 from converter.notebook import metrics, order, served, tags
 from converter.notebook.analysis import BUILTIN_NAMES, ArgumentEffects, CellAnalysis, analyze_sequence
 from converter.notebook.drafts import EMPTY, Cell, Report, StepDraft, code_cell
+from converter.step import carry
 from converter.step import requirements as packaging
 
 
@@ -62,7 +63,15 @@ def data_flow(
     if common is not None:
         mutators = {n: common.mutating_functions.get(n) for n in common.functions}
         imported = set(common.imports)
+    # Earlier steps' imports are replayed in later ones (converter/step/carry.py): their modules too.
+    earlier_modules: set[str] = set()
+    modules_before: dict[str, set[str]] = {}
+    # The global random state travels from step to step once something seeds it (carry.RANDOM_STATE).
+    shared_cells = [code_cell(c) for c in roles.get("imports", []) + roles.get("functions", [])]
+    module_aliases = carry.aliases([*shared_cells, *(code_cell(c) for d in drafts for c in d.cells)])
+    random_live = carry.random_use(shared_cells, module_aliases)[0]
     for draft in drafts:
+        modules_before[draft.name] = set(earlier_modules)
         analyses = [c.analysis for c in draft.cells if c.analysis is not None]
         if report.lenient and len(analyses) != len(draft.cells):  # the run stops at the broken cell
             before = draft.cells[: draft.cells.index(_broken(draft))]
@@ -72,6 +81,7 @@ def data_flow(
             continue
         block = analyze_sequence(analyses)
         step_analysis[draft.name] = block
+        earlier_modules |= set(block.modules)
         reads = set(block.reads)
         # Functions from `functions` cells read globals at call time: follow them.
         pending = [n for n in reads if n in functions]
@@ -95,6 +105,8 @@ def data_flow(
                 inputs[name] = definitions[name]  # may shadow a builtin, as in the notebook
             elif name in BUILTIN_NAMES:
                 continue
+            elif name in imported:
+                continue  # imported by an earlier step: replayed here, as the notebook would have it
             elif name in param_names:
                 params.add(name)
             elif name in preamble_defs:
@@ -113,6 +125,12 @@ def data_flow(
                     f"name {name!r} is not defined before step {draft.name!r} "
                     "(not a builtin, import, parameter or earlier step's variable)",
                 )
+        seeds, uses_random = carry.random_use([code_cell(c) for c in draft.cells], module_aliases)
+        random_live = random_live or seeds
+        if random_live and uses_random:
+            if carry.RANDOM_STATE in definitions:
+                inputs[carry.RANDOM_STATE] = definitions[carry.RANDOM_STATE]
+            definitions[carry.RANDOM_STATE] = draft.name
         step_inputs[draft.name] = inputs
         step_params[draft.name] = params
         for name in block.assigns - block.imports:
@@ -137,7 +155,17 @@ def data_flow(
     }
     for draft in drafts:
         tags.check_resources(report.notebook, draft.first.index, settings_of[draft.name], report.problems)
-    edges = order.edges(drafts, step_inputs, order.file_order(report, drafts, step_analysis))
+    # A step runs after the last step above it that sets process-wide state it replays (%cd into a
+    # folder that step made, say): state travels along the notebook's order.
+    state_order: list[tuple[str, str]] = []
+    setter: str | None = None
+    for draft in drafts:
+        if setter is not None:
+            state_order.append((setter, draft.name))
+        if carry.sets_state([code_cell(c) for c in draft.cells], module_aliases):
+            setter = draft.name
+    ordering = [*order.file_order(report, drafts, step_analysis), *state_order]
+    edges = order.edges(drafts, step_inputs, ordering)
     ordered = order.topological(report, drafts, edges)
     if ordered is None or any(p.severity == "error" for p in report.problems):
         return None, None
@@ -158,6 +186,7 @@ def data_flow(
         settings = settings_of[draft.name]
         block = step_analysis[draft.name]
         modules = set(block.modules) | {m for c in imports_cells if c.analysis for m in c.analysis.modules}
+        modules |= modules_before.get(draft.name, set())
         uses_ipython = block.uses_ipython or any(c.analysis.uses_ipython for c in imports_cells if c.analysis)
         steps.append(
             Step(

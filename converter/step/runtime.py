@@ -49,6 +49,7 @@ _REPRS = (
     ("image/jpeg", "_repr_jpeg_"),
 )
 _SHARED_ROLES = ("imports", "functions")
+RANDOM_STATE = "cellpipe_random_state"  # converter/step/carry.py: the global random state as a value
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 _CSS = (
@@ -316,27 +317,38 @@ def _typed(name: str, kind: str, raw: str) -> object:
     raise StepFailed(f"parameter {name!r} has unknown type {kind!r}")
 
 
-def _install(requirements: dict[str, str], allowed: bool) -> None:
-    """pip-install the distributions of import names that cannot be found, in one pip call."""
-    missing = [(name, dist) for name, dist in requirements.items() if not _importable(name)]
-    if not missing:
-        return
-    wanted = list(dict.fromkeys(dist for _, dist in missing))
-    if not allowed:
-        names = ", ".join(f"{name} (pip: {dist})" for name, dist in missing)
-        raise StepFailed(f"missing modules {names} and --no-install was given")
-    import site
-    import subprocess
+class _Installer:
+    """A last-resort import finder: pip-installs a module's distribution when a cell imports it.
 
-    print(f"cellpipe: pip install {' '.join(wanted)}", file=sys.stderr, flush=True)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
-    code = subprocess.run([*pip, *wanted], check=False).returncode
-    if code:
-        raise StepFailed(f"pip install {' '.join(wanted)} failed (exit status {code})")
-    user_site = site.getusersitepackages()  # pip's fallback target may not have existed at startup
-    if os.path.isdir(user_site) and user_site not in sys.path:
-        site.addsitedir(user_site)
-    importlib.invalidate_caches()
+    Modules are checked where the notebook imports them, after the cells above ran, so a module
+    that ``%%writefile`` or ``!pip install`` provides is found as in Jupyter. Only on KFP pods
+    (the local engine passes ``--no-install``: a missing module is the cell's ModuleNotFoundError,
+    as in Jupyter, never an install into the user's environment).
+    """
+
+    def __init__(self, requirements: dict[str, str]) -> None:
+        self.requirements, self.tried = dict(requirements), set[str]()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None or name not in self.requirements or name in self.tried:
+            return None
+        self.tried.add(name)
+        import importlib.machinery
+        import site
+        import subprocess
+
+        dist = self.requirements[name]
+        print(f"cellpipe: pip install {dist} (for import {name})", file=sys.stderr, flush=True)
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
+        code = subprocess.run([*pip, dist], check=False).returncode
+        if code:
+            print(f"cellpipe: pip install {dist} failed (exit status {code})", file=sys.stderr, flush=True)
+            return None
+        user_site = site.getusersitepackages()  # pip's fallback target may not have existed at startup
+        if os.path.isdir(user_site) and user_site not in sys.path:
+            site.addsitedir(user_site)
+        importlib.invalidate_caches()
+        return importlib.machinery.PathFinder.find_spec(name)
 
 
 def _importable(name: str) -> bool:
@@ -595,19 +607,25 @@ class _Step:
         self.error_cell: int | None = None
         self.failure: str | None = None
         self.expected: list[tuple[int, BaseException]] = []  # errors of raises-exception cells
+        self.random_state: Any = None  # the global random generators' state from the step before
 
     def run(self, argv: list[str]) -> int:
         args: dict[str, Any] = {}
         main = sys.modules.get("__main__")
         try:
             args = _parse_args(argv)
-            _install(self.spec.get("requirements", {}), not args["no-install"])
+            if not args["no-install"]:
+                sys.meta_path.append(_Installer(self.spec.get("requirements", {})))
             self.ns = self._namespace()
             for name, path in args["input"].items():
                 try:
-                    self.ns[name] = load_value(path)
+                    value = load_value(path)
                 except Exception as error:
                     raise StepFailed(f"cannot load input {name!r} from {path}: {error}") from None
+                if name == RANDOM_STATE:
+                    self.random_state = value  # set once the imports and functions cells ran
+                else:
+                    self.ns[name] = value
             missing = sorted(set(self.spec.get("inputs", [])) - set(args["input"]))
             if missing:
                 raise StepFailed(f"no --input given for {', '.join(missing)}")
@@ -709,7 +727,15 @@ class _Step:
         real_out, self.real_err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(real_out, "stdout", self), _Tee(self.real_err, "stderr", self)
         try:
-            for count, cell in enumerate(self.spec.get("cells", []), 1):
+            count = 0
+            for cell in self.spec.get("cells", []):
+                if cell["role"] == "replay":
+                    self._replay(cell)
+                    continue
+                if cell["role"] == "step" and self.random_state is not None:
+                    _set_random_state(self.random_state)  # after the shared cells, as in one process
+                    self.random_state = None
+                count += 1
                 self.outputs = []
                 started = time.perf_counter()
                 error, shown = self._run_cell(cell, count)
@@ -761,6 +787,21 @@ class _Step:
             return error, False
         return None, False
 
+    def _replay(self, cell: dict[str, Any]) -> None:
+        """Run what an earlier step imported or set up (see converter/step/carry.py), silently."""
+        import contextlib
+        import io
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                exec(compile(cell["code"], f"<replay of cell {cell['index']}>", "exec"), self.ns)
+        except Exception as error:  # the step's own cells then fail, or not, as they would
+            where = f"cell {cell['index']} of step {cell.get('step', '?')!r}"
+            print(
+                f"cellpipe: warning: could not replay {where}: {type(error).__name__}: {error}",
+                file=self.real_err,
+            )
+
     def _error_output(self, error: BaseException) -> dict[str, Any]:
         import traceback
 
@@ -778,6 +819,10 @@ class _Step:
             evalue = f"{error.msg} (line {error.lineno})"  # not IPython's internal file name
         self.error_cell = index
         self.failure = f"cell {index} raised {ename}: {evalue}"
+        missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+        dist = self.spec.get("requirements", {}).get(str(missing).split(".")[0]) if missing else None
+        if dist:
+            self.failure += f" (install it with: pip install {dist})"
         if shown:  # the shell recorded it, as ipykernel would
             return
         self.outputs.append(output := self._error_output(error))
@@ -811,13 +856,15 @@ class _Step:
             print(f"cellpipe: serving {chosen!r} as the {serve['framework']} model", file=sys.stderr)
             save_value(self.ns[chosen], outputs.pop(serve["output"]))
         for name, path in outputs.items():
+            if name == RANDOM_STATE:
+                save_value(_random_state(), path)
+                continue
             if name not in self.ns:
                 raise StepFailed(f"output variable {name!r} is not defined after the step's cells ran")
             try:
                 save_value(self.ns[name], path)
             except Exception as error:
-                kind = type(self.ns[name]).__name__
-                raise StepFailed(f"cannot save output {name!r} ({kind}) to {path}: {error}") from None
+                raise StepFailed(_unpassable(name, self.ns[name], self.name, error, path)) from None
 
     def _write_metrics(self, args: dict[str, Any]) -> None:
         values: dict[str, int | float | bool] = {}
@@ -866,6 +913,8 @@ class _Step:
         ]
         ran = {c["index"]: c for c in self.done}
         for cell in self.spec.get("cells", []):
+            if cell["role"] == "replay":
+                continue  # an earlier step's imports and settings, run silently
             done = ran.get(cell["index"])
             ran_as = f" [{done['execution_count']}] {done['seconds']} s" if done else ": not run"
             head = f"cell {cell['index']}{ran_as}"
@@ -878,6 +927,53 @@ class _Step:
                 css = "cell" if done else "cell skipped"
                 parts.append(f'<div class="{css}"><div class="head">{head}</div>{body}</div>')
         return "".join(parts) + "</body></html>\n"
+
+
+def _unpassable(name: str, value: object, step: str, error: Exception, path: str) -> str:
+    """Why `value` cannot go to the steps that read it, and what to do: no artifact paths."""
+    import io
+    import socket
+    import threading
+
+    kind = type(value)
+    label = kind.__name__.lower()
+    iterator = hasattr(value, "__next__") and hasattr(value, "__iter__")
+    if isinstance(value, io.IOBase):
+        fix = f"pass what it holds ({name}.read()) or its file name, and open the file where it is read"
+    elif isinstance(value, types.GeneratorType) or iterator:
+        fix = f"pass list({name}) instead, or consume it in the step that makes it"
+    elif isinstance(value, socket.socket) or "connect" in label or "cursor" in label:
+        fix = "open the connection in the step that uses it, or pass the data you fetched with it"
+    elif isinstance(value, type(threading.Lock())) or "lock" in label:
+        fix = "create it in the step that uses it"
+    else:
+        fix = "keep the cells that use it in one step, or pass the plain data it holds"
+    reason = str(error).replace(str(path), "").strip() or type(error).__name__
+    return (
+        f"value {name!r} ({kind.__module__}.{kind.__qualname__}) made in step {step!r} cannot be passed "
+        f"to the steps that read it ({reason}): {fix}"
+    )
+
+
+def _random_state() -> dict[str, Any]:
+    """The global generators' state: `random`'s, and numpy's when numpy is loaded."""
+    import random
+
+    state: dict[str, Any] = {"random": random.getstate()}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        state["numpy"] = np.random.get_state()
+    return state
+
+
+def _set_random_state(state: dict[str, Any]) -> None:
+    import random
+
+    random.setstate(state["random"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
 
 
 def _write(path: str, text: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from converter.model import CodeCell, Pipeline, Step
+from converter.step import carry
 from converter.step import requirements as packaging
 
 ArgKind = Literal["literal", "input", "output", "parameter", "runtime"]
@@ -56,6 +57,7 @@ def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:
     cells = [
         *(_cell_spec(c, "imports") for c in pipeline.imports),
         *(_cell_spec(c, "functions") for c in pipeline.functions),
+        *carry.replay_cells(pipeline, step),  # earlier steps' imports and process-wide state
         *(_cell_spec(c, "step") for c in step.cells),
     ]
     result: dict[str, object] = {
@@ -109,6 +111,7 @@ def step_tail(pipeline: Pipeline, step: Step) -> str:
                 code = _code_literal(cell["code"])
                 source = f', "source": {_code_literal(cell["source"])}' if "source" in cell else ""
                 source += ', "raises": True' if cell.get("raises") else ""
+                source += f', "step": {json.dumps(cell["step"])}' if "step" in cell else ""
                 lines.append(
                     f'        {{"index": {cell["index"]}, "role": "{cell["role"]}", "code": {code}{source}}},'
                 )

@@ -39,9 +39,6 @@ REFUSED_BY_DESIGN: dict[tuple[str, str], str] = {
 # (notebook, variant) -> why cellpipe still differs from papermill there.
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("kale_parameters_metrics", "steps"): "issue 10 item 12: pipeline parameters refused as metrics",
-    ("magics_and_shell", "steps"): "issue 10 item 7: module check runs before %%writefile made the module",
-    ("magics_and_shell", "untagged"): "issue 10 item 7: module check runs before %%writefile made the module",
-    ("seeded_random", "steps"): "issue 10 item 6: the global RNG state does not travel between steps",
 }
 
 _PAPERMILL_BATCH = """

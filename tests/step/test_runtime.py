@@ -568,17 +568,38 @@ def test_requirements_present_spawn_no_pip(tmp_path: Path) -> None:
     assert not (tmp_path / "lib" / "pip-args.txt").exists()
 
 
-def test_pip_failure_and_no_install_are_clear_errors(tmp_path: Path) -> None:
+def test_pip_failure_and_a_missing_module_locally_are_clear_errors(tmp_path: Path) -> None:
     env = fake_pip(tmp_path, 3)
     spec = make_spec(cell(1, "import fakemod\n"), requirements={"fakemod": "fake"})
     failed = run(spec, cwd=tmp_path, env=env)
     assert failed.returncode == 1
-    assert "step 'train'" in failed.stderr and "pip install fake failed" in failed.stderr
+    assert "pip install fake failed" in failed.stderr
+    assert "cell 1 raised ModuleNotFoundError: No module named 'fakemod'" in failed.stderr.splitlines()[-1]
 
-    refused = run(spec, "--no-install", cwd=tmp_path, env=env)
+    (tmp_path / "lib" / "pip-args.txt").unlink()
+    refused = run(spec, "--no-install", cwd=tmp_path, env=env)  # the local engine: Jupyter's error
     assert refused.returncode == 1
-    assert "fakemod (pip: fake)" in refused.stderr and "--no-install" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    last = refused.stderr.splitlines()[-1]
+    assert last.endswith(
+        "cell 1 raised ModuleNotFoundError: No module named 'fakemod' (install it with: pip install fake)"
+    )
+    assert "--no-install" not in refused.stderr and not (tmp_path / "lib" / "pip-args.txt").exists()
+
+
+def test_modules_are_checked_where_they_are_imported(tmp_path: Path) -> None:
+    """%%writefile makes a module and `!pip install` installs one before the cells that import them:
+    nothing is checked up front, so both imports work as in Jupyter (the local engine: --no-install)."""
+    env = fake_pip(tmp_path, 0)  # `pip install fake` writes lib/fakemod.py
+    spec = make_spec(
+        cell(1, "%%writefile mymod.py\ndef f():\n    return 42\n"),
+        cell(2, "from mymod import f\n!{sys.executable} -m pip install fake\n"),
+        cell(3, "import fakemod\nv = (f(), fakemod.VALUE)\n"),
+        requirements={"mymod": "mymod", "fakemod": "fake"},
+    )
+    spec["cells"][1]["code"] = "import sys\n" + spec["cells"][1]["code"]
+    result = run(spec, "--no-install", "--output", "v", tmp_path / "v", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert load_value(tmp_path / "v") == (42, 7)
 
 
 def test_trivial_step_imports_nothing_heavy(tmp_path: Path) -> None:
@@ -653,3 +674,29 @@ def test_output_past_the_limit_keeps_head_and_tail_and_says_what_was_cut(tmp_pat
     missing = sorted(set(range(1000)) - set(kept))
     assert missing == list(range(missing[0], missing[-1] + 1))  # one contiguous cut, where the note is
     assert lines.index(note) == missing[0]
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "fix"),
+    [
+        ("handle = open('data.txt', 'w')\n", "_io.TextIOWrapper", "handle.read()"),
+        ("handle = (i for i in range(3))\n", "builtins.generator", "list(handle)"),
+        ("import threading\nhandle = threading.Lock()\n", "_thread.lock", "create it in the step"),
+        ("import socket\nhandle = socket.socket()\n", "socket.socket", "open the connection in the step"),
+        (
+            "import sqlite3\nhandle = sqlite3.connect(':memory:')\n",
+            "sqlite3.Connection",
+            "open the connection",
+        ),
+    ],
+)
+def test_a_value_that_cannot_cross_a_step_boundary_is_named_with_the_fix(
+    tmp_path: Path, code: str, kind: str, fix: str
+) -> None:
+    artifact = tmp_path / "artifacts" / "0a1b2c3d" / "handle"
+    result = run(make_spec(cell(1, code), outputs=["handle"]), "--output", "handle", artifact, cwd=tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert f"value 'handle' ({kind}) made in step 'train' cannot be passed to the steps that read it" in last
+    assert fix in last and str(tmp_path) not in last and "0a1b2c3d" not in last  # never a temp path
+    assert "Traceback" not in result.stderr
