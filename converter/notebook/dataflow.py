@@ -148,6 +148,15 @@ def data_flow(
                 mutators.pop(name, None)
 
     metrics_of = metrics.producers(report, roles.get("metrics", []), drafts, step_analysis, param_names)
+    hosted = metrics.hosts(
+        report, roles.get("metrics", []), drafts, step_analysis, step_inputs, param_names | common_names
+    )
+    for step, cells in hosted.items():  # the metrics cell runs there: it needs the parameters it shows
+        reads = set().union(*(c.analysis.reads for c in cells if c.analysis))
+        metrics_of.setdefault(step, set()).update(reads & param_names)
+    for step, names in metrics_of.items():  # a parameter reported as a metric: the step needs its value
+        inputs = step_inputs.get(step, {})
+        step_params.setdefault(step, set()).update(n for n in names if n in param_names and n not in inputs)
     # Resource and cycle checks run even when other errors were found: every problem at once.
     settings_of = {
         d.name: tags.to_step_settings(tags.merge([meta["defaults"], d.settings, d.structured]))
@@ -191,7 +200,9 @@ def data_flow(
         steps.append(
             Step(
                 name=draft.name,
-                cells=tuple(code_cell(c) for c in draft.cells),
+                cells=tuple(
+                    code_cell(c) for c in sorted([*draft.cells, *hosted.get(draft.name, [])], key=_index)
+                ),
                 inputs=tuple(sorted(step_inputs[draft.name])),
                 outputs=tuple(sorted(outputs[draft.name])),
                 parameters=tuple(sorted(step_params[draft.name])),
@@ -273,3 +284,7 @@ def _changed(
 def _broken(draft: StepDraft) -> Cell:
     """The step's first cell with a syntax error."""
     return next(c for c in draft.cells if c.analysis is None)
+
+
+def _index(cell: Cell) -> int:
+    return cell.index

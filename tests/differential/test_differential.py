@@ -38,7 +38,6 @@ REFUSED_BY_DESIGN: dict[tuple[str, str], str] = {
 }
 # (notebook, variant) -> why cellpipe still differs from papermill there.
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("kale_parameters_metrics", "steps"): "issue 10 item 12: pipeline parameters refused as metrics",
 }
 
 _PAPERMILL_BATCH = """

@@ -916,3 +916,32 @@ def test_raises_exception_is_a_known_tag_carried_to_the_step() -> None:
     p, problems = check(("d = {}", ["step:a"]), ("d['k']", ["raises-exception"]), ("print(d)", []))
     assert p is not None and problems == []
     assert [c.raises for c in p.step("a").cells] == [False, True, False]
+
+
+def test_kale_pipeline_parameters_reported_as_metrics() -> None:
+    """Kale's backend test notebook pipeline_parameters_and_metrics.ipynb, in our own words."""
+    p = read(
+        ("import numpy as np", ["imports"]),
+        ("d1 = 5\nd2 = 6", ["pipeline-parameters"]),
+        ("rnd_matrix = np.random.rand(d1, d2)", ["step:create_matrix"]),
+        ("sum_result = rnd_matrix.sum()", ["prev:create_matrix", "step:sum_matrix"]),
+        ("print(d1)\nprint(d2)\nprint(sum_result)", ["pipeline-metrics"]),
+    )
+    step = p.step("sum_matrix")
+    assert step.metrics == ("d1", "d2", "sum_result")
+    assert step.parameters == ("d1", "d2")
+    assert [c.index for c in step.cells] == [3, 4]  # the metrics cell runs there too, printing its values
+
+
+def test_a_metrics_cell_whose_values_are_not_in_one_step_says_it_does_not_run() -> None:
+    p, problems = check(
+        ("a = 1", ["step:one"]),
+        ("b = 2", ["step:two"]),
+        ("print(a, b)", ["metrics"]),
+    )
+    assert p is not None and p.step("one").metrics == ("a",) and p.step("two").metrics == ("b",)
+    assert [c.index for c in p.step("two").cells] == [1]
+    assert [w.message for w in problems] == [
+        "the metrics cell does not run in the pipeline (step 'two' does not have 'a'): what it shows is "
+        "missing from the output notebook"
+    ]
