@@ -266,3 +266,38 @@ def test_kfp_inputs_missing_from_the_bucket_are_one_line(
     assert reply["status"] == "error"
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "input 'label' of step 'boom': no artifact 'label' of task 'prep' under minio://mlpipeline/" in err
+
+
+def test_carried_imports_settings_and_random_state_come_back(
+    tmp_path: Path, kernel: Kernel, cellpipe_home: Path
+) -> None:
+    """Step b uses numpy imported in step a, an environment variable a set, and the seeded generator."""
+    cells = [
+        (["imports"], "import os\nimport random"),
+        (
+            ["step:a"],
+            "import numpy as np\nrandom.seed(7)\nos.environ['STAGE'] = 'seeded'\nfirst = random.random()",
+        ),
+        (
+            ["step:b"],
+            "draw = random.random()\nnoise = np.zeros(2)\n"
+            "raise ValueError(f\"{os.environ['STAGE']} {draw} {noise.sum()}\")",
+        ),
+    ]
+    nbformat.write(
+        new_notebook(cells=[new_code_cell(s, metadata={"tags": t}) for t, s in cells]),
+        tmp_path / "carry.ipynb",
+    )
+    notebook = tmp_path / "carry.ipynb"
+    result = LocalEngine().run(RunRequest(read_notebook(notebook), notebook), [])
+    assert result.state == "failed"
+    reply, _, _, _ = kernel.run("import random\nrandom.seed(1)")  # another state: the step's must win
+    out, code = debug(kernel, result.run_id, "b")
+    assert "replayed the imports and settings of earlier steps (a)" in out
+    assert "set the random generators' state the step started with" in out
+    assert "cellpipe_random_state" not in out
+    reply, _, _, _ = kernel.run(code)
+    assert reply["status"] == "error"
+    recorded = recorded_error(cellpipe_home, result.run_id, "b")
+    assert (reply["ename"], reply["evalue"]) == recorded
+    assert recorded[1].startswith("seeded 0.") and recorded[1].endswith(" 0.0")
