@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from converter.model import Edge, Parameter, Step, StepSettings
-from converter.notebook import metrics, order, served, tags
+from converter.notebook import boundaries, metrics, order, served, tags
 from converter.notebook.analysis import BUILTIN_NAMES, ArgumentEffects, CellAnalysis, analyze_sequence
 from converter.notebook.drafts import EMPTY, Cell, Report, StepDraft, code_cell
 from converter.step import carry
@@ -135,7 +135,17 @@ def data_flow(
         step_params[draft.name] = params
         for name in block.assigns - block.imports:
             definitions[name] = draft.name
-        for name in sorted(_changed(block, seen, common, mutators, imported) & set(inputs)):
+        changed, assumed = _changed(block, seen, common, mutators, imported)
+        assumed &= set(inputs)
+        if assumed:
+            report.warn(
+                draft.first.index,
+                draft.tag,
+                f"step {draft.name!r} may change {', '.join(map(repr, sorted(assumed)))} (a method or "
+                "function the analysis cannot prove harmless): later steps read its version, in notebook "
+                "order",
+            )
+        for name in sorted(changed & set(inputs)):
             definitions[name] = draft.name  # later readers get the (possibly) changed version
         for name in block.imports:
             definitions.pop(name, None)
@@ -176,6 +186,7 @@ def data_flow(
     ordering = [*order.file_order(report, drafts, step_analysis), *state_order]
     edges = order.edges(drafts, step_inputs, ordering)
     ordered = order.topological(report, drafts, edges)
+    boundaries.warn_unpassable(report, drafts, step_inputs)
     if ordered is None or any(p.severity == "error" for p in report.problems):
         return None, None
 
@@ -260,14 +271,14 @@ def _changed(
     common: CellAnalysis | None,
     mutators: Mapping[str, ArgumentEffects | None],
     imported: set[str],
-) -> set[str]:
-    """Names from earlier steps the step may change in place: mutated, or not provably left alone.
+) -> tuple[set[str], set[str]]:
+    """Names the step may change in place (mutated, or not provably left alone), and the latter alone.
 
     `called` holds the functions-cell functions the step reaches: their changes to globals count.
     A value passed to a function the notebook defined counts when that function may change that
     argument; passed to a function of unknown origin (not imported, not defined), it counts too.
     """
-    changed = set(block.mutates) | set(block.may_mutate)
+    changed, assumed = set(block.mutates), set(block.may_mutate)
     if common is not None:
         for fn in called:
             changed |= common.function_mutates.get(fn, frozenset())
@@ -277,8 +288,8 @@ def _changed(
                 effects = mutators[callee]
                 changed |= effects.changed_by(site) if effects else frozenset()
             elif callee not in imported:
-                changed |= site.roots()
-    return changed
+                assumed |= site.roots()
+    return changed | assumed, assumed - changed
 
 
 def _broken(draft: StepDraft) -> Cell:

@@ -23,6 +23,7 @@ from converter.notebook.cells import parse_cells
 from converter.notebook.drafts import Report, code_cell
 from converter.notebook.settings import notebook_settings
 from converter.notebook.structure import check_structure
+from converter.step import carry
 
 
 def read_notebook(path: str | Path) -> Pipeline:
@@ -118,6 +119,13 @@ def _build(report: Report, nb: Mapping[str, Any]) -> Pipeline | None:
         cache_default=meta["cache"],
     )
     order.check_file_passing(report, pipeline, drafts)
+    for lost in carry.uncarried(pipeline):
+        report.warn(
+            lost.cell,
+            None,
+            f"line {lost.line}: {lost.what} sets state that the steps after {lost.step!r} will not see: "
+            f"{lost.why}",
+        )
     report.problems.extend(served.problems(pipeline))
     return _with_warnings(pipeline, [p for p in report.problems if p.severity == "warning"])
 

@@ -945,3 +945,43 @@ def test_a_metrics_cell_whose_values_are_not_in_one_step_says_it_does_not_run() 
         "the metrics cell does not run in the pipeline (step 'two' does not have 'a'): what it shows is "
         "missing from the output notebook"
     ]
+
+
+def test_values_that_cannot_cross_a_step_boundary_warn_at_their_cell() -> None:
+    p, problems = check(
+        ("handle = open('data.txt')\nimport sqlite3\ndb = sqlite3.connect(':memory:')", ["step:make"]),
+        ("def rows():\n    yield 1\n\nstream = rows()\nsquares = (x * x for x in [1])\nn = 1", ["step:gen"]),
+        ("import threading\nguard = threading.Lock()", ["step:lock"]),
+        ("print(handle.read(), db, stream, squares, guard, n)", ["step:use"]),
+    )
+    assert p is not None
+    found = {(w.cell, w.message.split(" holds ")[1].split(",")[0]) for w in problems if "holds" in w.message}
+    assert found == {
+        (0, "an open file"),
+        (0, "a connection"),
+        (1, "a generator"),
+        (2, "a lock"),
+    }
+    message = next(w.message for w in problems if "'handle'" in w.message)
+    assert message.startswith("step 'make' passes 'handle' to 'use', but 'handle' holds an open file")
+
+
+def test_validate_lists_the_state_later_steps_lose() -> None:
+    p, problems = check(
+        ("import logging\nlogging.basicConfig(level=logging.INFO)", ["step:setup"]),
+        ("print(1)", ["step:later"]),
+    )
+    assert p is not None
+    assert any("sets state that the steps after 'setup' will not see" in w.message for w in problems)
+
+
+def test_validate_says_where_a_value_is_assumed_changed() -> None:
+    _, problems = check(
+        ("raw = {'a': 1}", ["step:load"]),
+        ("raw.custom_normalise()", ["step:unknown"]),
+        ("print(raw)", ["step:show"]),
+    )
+    assert [w.message for w in problems] == [
+        "step 'unknown' may change 'raw' (a method or function the analysis cannot prove harmless): "
+        "later steps read its version, in notebook order"
+    ]
