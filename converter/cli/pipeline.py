@@ -63,7 +63,7 @@ def _compile(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(path)
     if not args.quiet:
-        print(size)
+        print(size, file=sys.stderr)  # stdout lists the files written, one per line, for scripts
     return EXIT_OK
 
 

@@ -473,7 +473,8 @@ def test_compile_prints_the_size_and_warns_past_each_cluster_limit(
     path = write_notebook(tmp_path / "nb.ipynb", [("x = 1", ["step:a"]), ("y = x", ["step:b"])])
     assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 0
     out, err = capsys.readouterr()
-    assert "nb.yaml: " in out and " KiB of IR for 2 step(s)" in out and "warning" not in err
+    assert out.splitlines() == [str(tmp_path / "out" / "nb.py"), str(tmp_path / "out" / "nb.yaml")]
+    assert "nb.yaml: " in err and " KiB of IR for 2 step(s)" in err and "warning" not in err
     monkeypatch.setattr(kfp_compile, "ANNOTATION_LIMIT", 1024)
     assert main(["compile", str(path), "-o", str(tmp_path / "out"), "-q"]) == 0
     out, err = capsys.readouterr()
