@@ -595,7 +595,26 @@ def _new_shell() -> Any:
     return holder.shell
 
 
+def _error_output(error: BaseException) -> dict[str, Any]:
+    """An nbformat error output for an error raised outside IPython, showing only the cells' frames."""
+    import traceback
+
+    tb = error.__traceback__
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
+        tb = tb.tb_next  # hide the runtime's own frames
+    lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
+    ename, evalue = type(error).__name__, str(error)
+    return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines}
+
+
 class _Step:
+    """One execution of a step: inputs in, cells run as a kernel would, outputs, metrics and report out.
+
+    Long because the runtime ships as one self-contained file (packed into every pipeline, run by
+    ``python -c``), and this class holds one execution's state: the namespace, the shell, the running
+    cell's outputs and the failure, which every phase reads and writes.
+    """
+
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.name = str(spec.get("step", "?"))
@@ -749,7 +768,7 @@ class _Step:
                 if error is not None and cell.get("raises") and isinstance(error, Exception):
                     self.expected.append((cell["index"], error))
                     if not shown:  # expected: shown, and the step goes on
-                        self.outputs.append(self._error_output(error))
+                        self.outputs.append(_error_output(error))
                 elif error is not None:
                     self._record_error(cell["index"], error, shown)
                     return False
@@ -802,16 +821,6 @@ class _Step:
                 file=self.real_err,
             )
 
-    def _error_output(self, error: BaseException) -> dict[str, Any]:
-        import traceback
-
-        tb = error.__traceback__
-        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
-            tb = tb.tb_next  # hide the runtime's own frames
-        lines = [line.rstrip("\n") for line in traceback.format_exception(type(error), error, tb)]
-        ename, evalue = type(error).__name__, str(error)
-        return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": lines}
-
     def _record_error(self, index: int, error: BaseException, shown: bool = False) -> None:
 
         ename, evalue = type(error).__name__, str(error)
@@ -825,7 +834,7 @@ class _Step:
             self.failure += f" (install it with: pip install {dist})"
         if shown:  # the shell recorded it, as ipykernel would
             return
-        self.outputs.append(output := self._error_output(error))
+        self.outputs.append(output := _error_output(error))
         self.real_err.write("\n".join(output["traceback"]) + "\n")
         self.real_err.flush()
 
