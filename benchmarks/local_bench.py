@@ -11,7 +11,13 @@
 (d) per-step overhead: a 20-step chain of `x = x + 1` steps, engine wall time / 20, target <= 100 ms;
 (e) a 200 MB numpy array and a 1M-row DataFrame passed between two steps: MB/s from the end of the
     producer's last cell to the start of the consumer's first (save, hand-over, process start, load),
-    target >= 300 MB/s for the array.
+    target >= 300 MB/s for the array;
+(f) two CPU-heavy scikit-learn steps that can run at once (KMeans, GaussianMixture on the same data,
+    issue 10 item 10): `cellpipe run` / papermill, target <= 0.9, and `cellpipe run` /
+    `cellpipe run --max-parallel 1`, target <= 1.0 (each running step gets its share of the CPUs,
+    so running them together is never slower than one after another).
+
+    python benchmarks/local_bench.py f    # only (f); any letters select figures
 
 Every run uses a fresh CELLPIPE_HOME and --no-cache, so nothing is cached. Each wall time is the
 best of a few repetitions (REPEAT): the machine is shared and one slow start says little.
@@ -117,6 +123,38 @@ def chain_notebook(folder: Path, steps: int) -> Path:
     cells = [code("x = 0", "step:s00")]
     cells += [code("x = x + 1", f"step:s{i:02d}") for i in range(1, steps)]
     return write_notebook(folder / "chain.ipynb", cells)
+
+
+def threads_notebook(folder: Path) -> Path:
+    """Two independent CPU-heavy scikit-learn steps after a data step (BLAS and OpenMP inside)."""
+    return write_notebook(
+        folder / "threads.ipynb",
+        [
+            code(
+                """
+                from sklearn.cluster import KMeans
+                from sklearn.datasets import make_blobs
+                from sklearn.mixture import GaussianMixture
+                """,
+                "imports",
+            ),
+            code(
+                "X, _ = make_blobs(n_samples=150_000, n_features=16, centers=8, random_state=0)", "step:data"
+            ),
+            code(
+                "inertia = float(KMeans(n_clusters=8, n_init=10, random_state=0).fit(X).inertia_)",
+                "step:kmeans",
+            ),
+            code(
+                """
+                mixture = GaussianMixture(n_components=8, max_iter=100, tol=1e-9, random_state=0).fit(X)
+                likelihood = float(mixture.score(X))
+                """,
+                "step:mixture",
+            ),
+            code("print(inertia, likelihood)", "step:report"),
+        ],
+    )
 
 
 def transfer_notebook(folder: Path) -> Path:
@@ -263,10 +301,53 @@ def engine_run(notebook: Path, tmp: Path, max_parallel: int | None = None) -> tu
     return elapsed, result.metrics
 
 
+def wanted(letter: str) -> bool:
+    """Figures picked on the command line (`local_bench.py a f`); all by default."""
+    return not sys.argv[1:] or letter in sys.argv[1:]
+
+
+def papermill_command(notebook: Path, output: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(notebook),
+        str(output),
+        "-k",
+        "python3",
+        "--no-progress-bar",
+        "--log-level",
+        "WARNING",
+    ]
+
+
+def measure_threads(tmp: Path, work: Path) -> list[Figure]:
+    print("(f) two parallel CPU-heavy scikit-learn steps ...", flush=True)
+    notebook = threads_notebook(work)
+    papermill = best_of(
+        REPEAT,
+        lambda: timed_command(papermill_command(notebook, tmp / "f-out.ipynb"), work, fresh_env(tmp, "f")),
+    )
+    default = best_of(REPEAT, lambda: timed_command(cellpipe_command(notebook), work, fresh_env(tmp, "f")))
+    sequential = best_of(
+        REPEAT,
+        lambda: timed_command(cellpipe_command(notebook, "--max-parallel", "1"), work, fresh_env(tmp, "f")),
+    )
+    print(f"    cellpipe {default:.2f}s, --max-parallel 1 {sequential:.2f}s, papermill {papermill:.2f}s")
+    return [
+        Figure("(f) 2 parallel sklearn steps: cellpipe / papermill", default / papermill, "x", 0.9, False),
+        Figure(
+            "(f) 2 parallel sklearn steps: cellpipe / --max-parallel 1", default / sequential, "x", 1.0, False
+        ),
+    ]
+
+
 def measure(tmp: Path) -> list[Figure]:
     figures: list[Figure] = []
     work = tmp / "notebooks"
     work.mkdir()
+    if not any(wanted(letter) for letter in "abcde"):
+        return measure_threads(tmp, work)
     notebook = work / SKLEARN_NOTEBOOK.name
     shutil.copy(SKLEARN_NOTEBOOK, notebook)  # steps run (and write files) in the notebook's folder
 
@@ -332,6 +413,8 @@ def measure(tmp: Path) -> list[Figure]:
     )
     figures.append(Figure("(e) 200 MB numpy array between steps", array_rate, "MB/s", 300, True))
     figures.append(Figure("(e) 1M-row DataFrame between steps (no target)", frame_rate, "MB/s", 0, True))
+    if wanted("f"):
+        figures += measure_threads(tmp, work)
     return figures
 
 

@@ -636,6 +636,7 @@ class _Step:
             if not args["no-install"]:
                 sys.meta_path.append(_Installer(self.spec.get("requirements", {})))
             self.ns = self._namespace()
+            _limit_threads()
             for name, path in args["input"].items():
                 try:
                     value = load_value(path)
@@ -962,6 +963,23 @@ def _unpassable(name: str, value: object, step: str, error: Exception, path: str
         f"value {name!r} ({kind.__module__}.{kind.__qualname__}) made in step {step!r} cannot be passed "
         f"to the steps that read it ({reason}): {fix}"
     )
+
+
+def _limit_threads() -> None:
+    """Hold thread pools loaded before the step started (the fork server's numpy, scikit-learn...)
+    to the step's share of the CPUs, which the local engine puts in CELLPIPE_THREADS; pools loaded
+    later size themselves from OMP_NUM_THREADS and friends, set beside it."""
+    threads = os.environ.get("CELLPIPE_THREADS", "")
+    if not threads.isdigit() or not any(m in sys.modules for m in ("numpy", "scipy", "sklearn", "torch")):
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(int(threads))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(threads))
 
 
 def _random_state() -> dict[str, Any]:

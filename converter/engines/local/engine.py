@@ -47,7 +47,7 @@ from converter.engines.base import RunRequest, RunResult, run_started_data
 from converter.engines.local.caching import Reuse, StepCache
 from converter.engines.local.launch import attempt_launch, failure_message
 from converter.engines.local.processes import Exit, StepProcesses, fork_server_supported
-from converter.engines.local.resources import Machine, Pool, gib, plan, tree_rss
+from converter.engines.local.resources import Machine, Pool, gib, plan, thread_share, tree_rss
 from converter.engines.local.steprun import StepRun
 from converter.errors import CellpipeError
 from converter.events import EventLog, EventSink, EventType, RunState
@@ -88,6 +88,8 @@ def preload_statements(pipeline: Pipeline) -> list[str]:
         statements.append("import pyarrow.feather")  # the runtime's DataFrame format
     if "sklearn" in modules:
         statements.append("import joblib")  # the runtime's estimator format
+    if modules & {"numpy", "pandas", "scipy", "sklearn", "torch"}:
+        statements.append("import threadpoolctl")  # the runtime holds each step to its CPU share
     return list(dict.fromkeys(statements))
 
 
@@ -223,6 +225,7 @@ class _Run:
         self.steps = {s.name: StepRun(s, needs[s.name]) for s in self.pipeline.steps}
         self.pool = Pool(self.machine)
         self.max_parallel = max(1, request.max_parallel or engine.max_parallel or len(self.machine.cpus))
+        self.threads = thread_share(self.pipeline, len(self.machine.cpus), self.max_parallel)
         self.queue: list[str] = []  # ready to start, in notebook order
         self.running: dict[str, str] = {}  # process key -> step
         self.exits: collections.deque[Exit] = collections.deque()
@@ -387,6 +390,7 @@ class _Run:
             self.run_id,
             self.cwd,
             run.held,
+            self.threads,
         )
         run.state, run.started, run.kill_reason = "running", time.monotonic(), None
         run.next_memory_check = run.started + MEMORY_POLL_SECONDS

@@ -9,11 +9,13 @@ only when the attempt succeeds (`converter.engines.local.caching`).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
 
 from converter.engines.local.processes import Exit, Launch
+from converter.engines.local.resources import thread_environment
 from converter.engines.local.steprun import StepRun
 from converter.model import Pipeline
 from converter.step import stepcode
@@ -32,10 +34,12 @@ def attempt_launch(
     run_id: str,
     cwd: Path,
     resources: tuple[list[str], list[int] | None],
+    threads: int | None = None,
 ) -> Launch:
     """The launch of attempt `run.attempt` of the step: its folder readied, its outputs' staging made.
 
     `resources`: the GPUs and CPUs the pool handed it (GPU steps start as fresh interpreters).
+    `threads`: its share of the CPUs (`resources.thread_share`), unless it was pinned to some.
     """
     step = run.step
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,8 @@ def attempt_launch(
     argv += ["--cell-outputs", str(folder / "cell_outputs.json"), "--no-install"]
     gpus, cpus = resources
     env = dict(step.settings.env)
+    if cpus or threads:
+        env = {**thread_environment(len(cpus) if cpus else threads or 1, {**os.environ, **env}), **env}
     if gpus or run.need.no_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     key = f"{step.name}#{run.attempt}"

@@ -178,3 +178,47 @@ def tree_rss(pid: int) -> int:
         except psutil.Error:
             continue
     return total
+
+
+# Thread pools a step's libraries size from the environment when they load (OpenMP, OpenBLAS, MKL,
+# numexpr, Accelerate, BLIS) and joblib's process pools (loky).
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "LOKY_MAX_CPU_COUNT",
+)
+THREADS_VARIABLE = "CELLPIPE_THREADS"  # the step runtime limits already loaded pools to it (threadpoolctl)
+
+
+def parallel_width(pipeline: Pipeline) -> int:
+    """How many steps can run at once: the most steps on one level of the graph (longest path from
+    a root), which is exact for the usual fan-out / fan-in shapes."""
+    level: dict[str, int] = {}
+    for step in pipeline.steps:  # topological order
+        level[step.name] = 1 + max((level[u] for u in pipeline.upstream(step.name) if u in level), default=0)
+    counts: dict[int, int] = {}
+    for value in level.values():
+        counts[value] = counts.get(value, 0) + 1
+    return max(counts.values(), default=1)
+
+
+def thread_share(pipeline: Pipeline, cpus: int, max_parallel: int) -> int:
+    """Threads each running step gets: the CPUs split between the steps that can run at once.
+
+    Without it two scikit-learn steps running together each start one OpenMP/BLAS thread per CPU,
+    and on a small machine the oversubscribed pair runs slower than the same steps one after another.
+    """
+    return max(1, cpus // max(1, min(max_parallel, parallel_width(pipeline))))
+
+
+def thread_environment(
+    threads: int, environ: dict[str, str] | os._Environ[str] = os.environ
+) -> dict[str, str]:
+    """The variables that give a step `threads` threads, except those the user set."""
+    values = {name: str(threads) for name in THREAD_VARIABLES if name not in environ}
+    values[THREADS_VARIABLE] = str(threads)
+    return values
