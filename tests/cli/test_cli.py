@@ -255,7 +255,7 @@ def test_an_output_path_that_is_a_file_is_a_clear_message(
     blocker.write_text("a file, not a folder\n")
     code, _, err = run(capsys, "compile", str(ETL), "-o", str(blocker), "-q")
     assert code == 2
-    assert err.startswith(f"cellpipe: cannot write {blocker}")
+    assert err.startswith(f"cellpipe: cannot write -o {blocker}: it is a file")
     assert blocker.read_text() == "a file, not a folder\n"
 
 
