@@ -183,6 +183,22 @@ def data_flow(
             state_order.append((setter, draft.name))
         if carry.sets_state([code_cell(c) for c in draft.cells], module_aliases):
             setter = draft.name
+            if draft is not drafts[-1]:
+                report.warn(
+                    draft.first.index,
+                    draft.tag,
+                    f"step {draft.name!r} sets process-wide state the later steps replay: the steps after it "
+                    "run after it, in notebook order",
+                )
+    chained = [d.name for d in drafts if carry.RANDOM_STATE in step_inputs.get(d.name, {})]
+    if chained:
+        first = next(d for d in drafts if d.name == chained[0])
+        report.warn(
+            first.first.index,
+            first.tag,
+            "the global random generators are seeded: the steps drawing from them run in notebook order "
+            f"({', '.join(map(repr, chained))} each after the one before)",
+        )
     ordering = [*order.file_order(report, drafts, step_analysis), *state_order]
     edges = order.edges(drafts, step_inputs, ordering)
     ordered = order.topological(report, drafts, edges)

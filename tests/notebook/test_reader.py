@@ -985,3 +985,21 @@ def test_validate_says_where_a_value_is_assumed_changed() -> None:
         "step 'unknown' may change 'raw' (a method or function the analysis cannot prove harmless): "
         "later steps read its version, in notebook order"
     ]
+
+
+def test_validate_lists_where_state_keeps_the_notebook_order() -> None:
+    _, problems = check(
+        ("import numpy as np\nimport pandas as pd", ["imports"]),
+        ("pd.set_option('display.width', 120)\nnp.random.seed(0)", ["step:setup"]),
+        ("a = np.random.rand(2)", ["step:draw"]),
+        ("b = np.random.rand(2)", ["step:again"]),
+    )
+    messages = [w.message for w in problems]
+    assert (
+        "step 'setup' sets process-wide state the later steps replay: the steps after it run after it, "
+        "in notebook order" in messages
+    )
+    assert (
+        "the global random generators are seeded: the steps drawing from them run in notebook order "
+        "('draw', 'again' each after the one before)" in messages
+    )
