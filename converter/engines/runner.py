@@ -119,7 +119,8 @@ def run_cancellable(
 
         wait_interruptibly(worker.wait, cancel)
     result = worker.outcome()
-    assert result is not None  # nothing cancelled it before it started
+    if result is None:  # interrupted before the engine started the run: nothing ran, nothing to report
+        raise KeyboardInterrupt
     return result
 
 
