@@ -15,6 +15,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from converter.model import Problem
 from converter.notebook import cellsettings
 from converter.notebook.reader import check_node, load
 from converter.notebook.tags import parse_structured
@@ -45,6 +46,21 @@ def _notebook_defaults(name: str, metadata: object) -> dict[str, str]:
             found.update(cellsettings.tag_fields(str(tag)))
         return found
     return {}
+
+
+# Warnings the notebook shows on their cell with a mark of their own, by the reader's wording (a
+# test on a real notebook keeps these in step with it).
+MARKS = {
+    "order": ("in notebook order",),  # the analysis cannot be sure, so the notebook's order decides
+    "boundary": ("cannot cross a step boundary", "will not see"),  # a value or state stays behind
+}
+
+
+def mark_of(problem: Problem) -> str | None:
+    """`order`, `boundary`, or None: which cell mark a warning gets."""
+    if problem.severity != "warning":
+        return None
+    return next((mark for mark, words in MARKS.items() if any(w in problem.message for w in words)), None)
 
 
 def cells_view(nb: dict[str, Any], name: str) -> dict[str, Any]:
@@ -80,7 +96,8 @@ def cells_view(nb: dict[str, Any], name: str) -> dict[str, Any]:
         "defaults": _notebook_defaults(name, nb.get("metadata", {})),
         "graph": graph.to_json(pipeline) if pipeline is not None else None,
         "problems": [
-            {**problem.to_json(), "field": cellsettings.field_of(problem.tag)} for problem in problems
+            {**problem.to_json(), "field": cellsettings.field_of(problem.tag), "mark": mark_of(problem)}
+            for problem in problems
         ],
     }
 

@@ -188,7 +188,8 @@ export interface CellsView {
   cells: CellView[];
   defaults: { [key: string]: string };
   graph: Graph | null;
-  problems: Problem[];
+  /** `mark`: `order` (the step keeps the notebook's order), `boundary` (a value or state stays behind). */
+  problems: (Problem & { field: string | null; mark: 'order' | 'boundary' | null })[];
 }
 
 export interface FieldSpec {

@@ -44,10 +44,10 @@ export class StepDecorations {
       return; // keep what is drawn until the server answers again
     }
     const nodes = new Map((view.graph?.nodes ?? []).map(node => [node.id, node]));
-    const warnings = new Map<number, string[]>();
+    const warnings = new Map<number, api.CellsView['problems']>();
     for (const problem of view.problems) {
       if (problem.cell !== null && problem.severity === 'warning') {
-        warnings.set(problem.cell, [...(warnings.get(problem.cell) ?? []), problem.message]);
+        warnings.set(problem.cell, [...(warnings.get(problem.cell) ?? []), problem]);
       }
     }
     this.panel.content.widgets.forEach((cell, index) => {
@@ -74,12 +74,28 @@ export class StepDecorations {
       } else {
         delete node.dataset.cellpipeRole;
       }
-      const notes = warnings.get(index);
-      mark(node, NOTE_CLASS, notes ? `⚠ ${notes.length}` : undefined, (notes ?? []).join('\n'));
+      const notes = warnings.get(index) ?? [];
+      mark(node, NOTE_CLASS, noteText(notes), notes.map(note => note.message).join('\n\n'));
     });
   }
 
   private pending = false;
+}
+
+/** The mark of a cell's warnings: what the analysis could not be sure of comes first. */
+export function noteText(notes: { mark: string | null }[]): string | undefined {
+  if (notes.length === 0) {
+    return undefined;
+  }
+  const words = [
+    notes.some(note => note.mark === 'boundary') ? 'cannot cross a step' : '',
+    notes.some(note => note.mark === 'order') ? 'notebook order' : ''
+  ].filter(Boolean);
+  const others = notes.filter(note => note.mark === null).length;
+  if (others > 0) {
+    words.push(words.length > 0 ? `+${others}` : `${others} warning${others > 1 ? 's' : ''}`);
+  }
+  return `⚠ ${words.join(' · ')}`;
 }
 
 /** Adds, updates or removes one decoration element at the top of a cell. */

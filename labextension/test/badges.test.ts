@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { badgeText, stepColour } from '../src/badges';
+import { badgeText, noteText, stepColour } from '../src/badges';
 
 describe('badgeText', () => {
   it('shows requests, limits after a dash, and the GPU count with its type', () => {
@@ -19,5 +19,16 @@ describe('stepColour', () => {
   it('is stable per name', () => {
     expect(stepColour('train')).toBe(stepColour('train'));
     expect(stepColour('train')).not.toBe(stepColour('load'));
+  });
+});
+
+describe('noteText', () => {
+  it('names order fallbacks and values that stay behind, then counts the other warnings', () => {
+    expect(noteText([])).toBeUndefined();
+    expect(noteText([{ mark: 'order' }])).toBe('⚠ notebook order');
+    expect(noteText([{ mark: null }, { mark: 'boundary' }, { mark: 'order' }])).toBe(
+      '⚠ cannot cross a step · notebook order · +1'
+    );
+    expect(noteText([{ mark: null }, { mark: null }])).toBe('⚠ 2 warnings');
   });
 });

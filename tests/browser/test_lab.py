@@ -32,6 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "out" / "browser"
 NOTEBOOK = "plain_untagged.ipynb"
 PLAIN_TAGS = "plain_tags.ipynb"  # tagged as the README teaches; its second step fails
+MARKS = "marks.ipynb"  # steps the analysis orders by the notebook, a value that cannot cross a step
 DOCS_IMAGES = ROOT / "docs" / "images"
 SHOWN = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on screen (others stay in the DOM)
 SHOWN_TAB = ".jp-MainAreaWidget:not(.lm-mod-hidden)"
@@ -69,6 +70,21 @@ def _write_plain_tags(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def _write_marks(path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cells = [
+        new_code_cell("import numpy as np", metadata={"tags": ["imports"]}),
+        new_code_cell("np.random.seed(0)\nlog = open('marks.log', 'w')", metadata={"tags": ["step:setup"]}),
+        new_code_cell("a = np.random.rand(2)", metadata={"tags": ["step:draw"]}),
+        new_code_cell("b = np.random.rand(2)\nlog.write(str(a + b))", metadata={"tags": ["step:again"]}),
+    ]
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
 class Lab:
     """A running `jupyter lab` and what a test needs to reach it."""
 
@@ -82,6 +98,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = base / "notebooks"
     shutil.copytree(ROOT / "sample_notebooks", root, ignore=shutil.ignore_patterns("out", "data"))
     _write_plain_tags(root / PLAIN_TAGS)
+    _write_marks(root / MARKS)
     settings = base / "app-settings"
     settings.mkdir()
     # The news and update toasts would cover the page.
@@ -518,6 +535,17 @@ def test_the_executed_notebook_opens_with_its_outputs(page: Any, lab: Lab) -> No
     _docs_shot(page, "report")
     page.evaluate("() => window.jupyterapp.commands.execute('application:close')")
     page.evaluate("() => window.jupyterapp.commands.execute('application:close')")  # the executed notebook
+
+
+def test_cells_the_analysis_is_unsure_of_are_marked(page: Any) -> None:
+    _open(page, MARKS)
+    note = page.locator(f"{SHOWN} .jp-Cell").nth(1).locator(".cp-cell-note")
+    playwright_sync.expect(note).to_contain_text("cannot cross a step", timeout=TIMEOUT_MS)
+    assert "holds an open file" in (note.get_attribute("title") or "")
+    playwright_sync.expect(
+        page.locator(f"{SHOWN} .cp-cell-note", has_text="notebook order").first
+    ).to_be_attached()
+    _docs_shot(page, "marks")
 
 
 def _has_debug_magic() -> bool:

@@ -142,3 +142,22 @@ async def test_a_failed_run_comes_back_with_its_cell_notebook_and_reports(
     with pytest.raises(HTTPClientError) as caught:
         await jp_fetch(API, "runs", run["id"], "steps", "nope", "report")
     assert caught.value.code == 404
+
+
+async def test_cells_the_analysis_orders_by_notebook_or_cannot_carry_get_their_marks(
+    jp_fetch: Fetch, jp_root_dir: Path
+) -> None:
+    write(
+        jp_root_dir / "marks.ipynb",
+        [
+            ("code", ["imports"], "import numpy as np"),
+            ("code", ["step:setup"], "np.random.seed(0)\nhandle = open('marks.ipynb')"),
+            ("code", ["step:draw"], "a = np.random.rand(2)"),
+            ("code", ["step:again"], "b = np.random.rand(2)\nprint(handle.read(1))"),
+        ],
+    )
+    view = await call(jp_fetch, "cells", body={"path": "marks.ipynb"})
+    marks = {(p["cell"], p["mark"]) for p in view["problems"] if p["mark"]}
+    assert (1, "boundary") in marks  # the open file passed on
+    assert any(mark == "order" for _, mark in marks)  # the seeded random generators keep the order
+    assert all(p["mark"] is None for p in view["problems"] if p["severity"] == "error")
