@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         pipeline=pipeline,
         notebook=notebook.resolve(),
         parameters=parameters,
-        use_cache=not args.no_cache,
+        use_cache=True if args.cache else False if args.no_cache else None,
         resume=args.resume,
         max_parallel=args.max_parallel,
     )
@@ -123,6 +123,9 @@ def _run(args: argparse.Namespace) -> int:
             start_time=first,
             end_time=finished,
             failures=executed_notebook.failure_messages(events),
+            reused={
+                e.step: (e.data or {}).get("from_run") for e in events if e.type == "step_cached" and e.step
+            },
         )
         executed_notebook.write(nb, Path(args.output))
     return _EXIT_FOR_STATE.get(result.state, EXIT_FAILED)
@@ -322,7 +325,14 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o", "--output", metavar="OUT.ipynb", help="write the executed notebook, as papermill writes it"
     )
-    p.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached result")
+    caching = p.add_mutually_exclusive_group()
+    caching.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse the results of earlier runs for steps whose code, inputs, parameters and settings are "
+        "unchanged (not steps tagged cache:off); by default only steps tagged cache:on are reused",
+    )
+    caching.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached result")
     p.add_argument("--resume", metavar="RUN", help="re-run only what failed or never ran in run RUN")
     p.add_argument("--max-parallel", type=int, metavar="N", help="run at most N steps at once")
     p.add_argument(

@@ -17,7 +17,10 @@ class RunRequest:
     pipeline: Pipeline
     notebook: Path  # the notebook file; the local engine runs steps in its folder
     parameters: dict[str, Any] = field(default_factory=dict)  # already typed and validated
-    use_cache: bool = True
+    # None (default): a step is reused only when tagged cache:on, so a run gives what re-executing
+    # gives (papermill parity); True (--cache): every step not tagged cache:off; False: none.
+    # The KFP engine leaves KFP's own caching on unless it is False.
+    use_cache: bool | None = None
     resume: str | None = None  # run id whose succeeded steps are reused
     max_parallel: int | None = None
     output_notebook: Path | None = None  # papermill-style executed copy

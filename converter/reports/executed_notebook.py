@@ -28,6 +28,9 @@ INJECTED_TAG = "injected-parameters"
 CELL_OUTPUTS_FILE = "cell_outputs.json"
 
 
+REUSED_KEY = "cellpipe_reused"  # cell metadata: the outputs shown come from an earlier run
+
+
 def read_step_outputs(folders: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
     """Each step's `cell_outputs.json`, given its folder; steps without a readable one are left out."""
     found: dict[str, dict[str, Any]] = {}
@@ -50,11 +53,14 @@ def build(
     start_time: float,
     end_time: float,
     failures: Mapping[str, str] | None = None,
+    reused: Mapping[str, str | None] | None = None,
 ) -> nbformat.NotebookNode:
     """The executed copy of `source` (as `reader.load` returns it; cell indexes match the pipeline's).
 
     `parameters` are the values the user passed (papermill injects only those); `step_outputs` maps
-    step name to its parsed `cell_outputs.json`; `failures` maps each failed step to why it failed.
+    step name to its parsed `cell_outputs.json`; `failures` maps each failed step to why it failed;
+    `reused` maps each step answered from the cache or an earlier run to that run's id: its cells'
+    outputs are that run's, and each says so in ``metadata.cellpipe_reused`` (the run summary too).
     """
     # To 4.5 (cell ids), as papermill does before inserting.
     nb = nbformat.v4.upgrade(nbformat.from_dict(copy.deepcopy(dict(source))))
@@ -62,6 +68,12 @@ def build(
     for name, message in (failures or {}).items():
         _blame(ran, pipeline, name, step_outputs.get(name), message)
     param_cell = min((p.cell for p in pipeline.parameters), default=None)
+    reused_at = {
+        c.index: (s.name, (reused or {})[s.name])
+        for s in pipeline.steps
+        if s.name in (reused or {})
+        for c in s.cells
+    }
     cells: list[nbformat.NotebookNode] = []
     for index, cell in enumerate(nb.cells):
         tags = cell.metadata.get("tags", [])
@@ -69,6 +81,10 @@ def build(
             continue  # left by an earlier papermill run: replaced below, as papermill does
         cell.metadata.pop("papermill", None)  # an earlier run's timings would lie about this one
         cell.metadata.pop("execution", None)
+        cell.metadata.pop(REUSED_KEY, None)
+        if index in reused_at:
+            step, from_run = reused_at[index]
+            cell.metadata[REUSED_KEY] = {"step": step, "from_run": from_run}
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             record = ran.get(index)

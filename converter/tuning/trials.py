@@ -228,7 +228,11 @@ def tune(
                 is_baseline = baseline_pending and asked == 0
                 engine = get_engine("local", workspace=workspace, max_parallel=share)
                 request = RunRequest(
-                    pipeline=pipeline, notebook=notebook, parameters={**fixed, **values}, max_parallel=share
+                    pipeline=pipeline,
+                    notebook=notebook,
+                    parameters={**fixed, **values},
+                    max_parallel=share,
+                    use_cache=True,  # steps the tuned parameters do not reach run once, not per trial
                 )
                 worker = EngineThread(engine, request, on_done=lambda _: ended.set(), name="cellpipe-trial")
                 result.trials.append(Trial(handle.number, values, "running", baseline=is_baseline))

@@ -113,7 +113,7 @@ class RunsHandler(CellpipeHandler):
         except CellpipeError as error:
             raise ApiError(400, str(error)) from None
         request = RunRequest(
-            pipeline=pipeline, notebook=path, parameters=parameters, use_cache=body.get("use_cache", True)
+            pipeline=pipeline, notebook=path, parameters=parameters, use_cache=body.get("use_cache")
         )
         metrics = self.service.metrics
         run = LiveRun(engine, request, [lambda event: metrics.observe(engine.name, event)])

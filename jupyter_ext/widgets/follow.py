@@ -26,7 +26,7 @@ def run_notebook(
     parameters: Mapping[str, object] | None = None,
     engine: str = "local",
     wait: bool = False,
-    use_cache: bool = True,
+    use_cache: bool | None = None,
 ) -> RunMonitor:
     """Run a notebook as a pipeline from this kernel, on a thread; the monitor of the run.
 

@@ -49,7 +49,7 @@ class Launcher:
         self.engine = widgets.Dropdown(
             options=engines, value="local" if "local" in engines else engines[0], description="engine"
         )
-        self.use_cache = widgets.Checkbox(value=True, description="use cache", indent=False)
+        self.use_cache = widgets.Checkbox(value=False, description="use cache", indent=False)
         self.run_button = widgets.Button(description="Run", icon="play", button_style="primary")
         self.run_button.on_click(lambda _button: self._on_run())
         self.output = widgets.Output()
@@ -83,7 +83,7 @@ class Launcher:
     def run(self) -> RunMonitor:
         """Start a run with the form's values and show its monitor under the form."""
         self.monitor = run_notebook(
-            self.path, self.values(), engine=self.engine.value, use_cache=self.use_cache.value
+            self.path, self.values(), engine=self.engine.value, use_cache=self.use_cache.value or None
         )
         self.output.clear_output()
         with self.output:

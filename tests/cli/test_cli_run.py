@@ -416,8 +416,31 @@ def test_resume_reruns_only_what_failed_and_cached_steps_keep_their_outputs(
     started = [e["step"] for e in events if e["type"] == "step_started"]
     assert started == ["second"]  # first is reused, not run again
     # The executed notebook still shows what the reused step printed, from the run that computed it.
-    printed = ["".join(o.get("text", "") for o in c.outputs) for c in nbformat.read(out, as_version=4).cells]
+    cells = nbformat.read(out, as_version=4).cells
+    printed = ["".join(o.get("text", "") for o in c.outputs) for c in cells]
     assert printed[1:] == ["expensive work\n", "42\n"]
+    assert cells[1].metadata["cellpipe_reused"] == {"step": "first", "from_run": failed_run}  # marked
+    assert "cellpipe_reused" not in cells[2].metadata
+
+
+def test_cache_is_an_explicit_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """By default a run re-executes every step (papermill parity); --cache reuses unchanged steps and
+    the run summary and the -o notebook say which."""
+    notebook = _notebook(
+        tmp_path / "nb" / "clock.ipynb",
+        ("import time\nstamp = time.time()\nprint('computed')", ["step:first"]),
+        ("print(stamp > 0)", ["step:second"]),
+    )
+    assert main(["run", str(notebook), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(notebook), "--json-events"]) == 0
+    assert [e["type"] for e in _events(capsys.readouterr().out)].count("step_cached") == 0
+    assert main(["run", str(notebook), "--cache", "-o", str(tmp_path / "out.ipynb")]) == 0
+    summary = capsys.readouterr().out
+    assert "cached" in summary and "from run" in summary
+    cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert all("cellpipe_reused" in c.metadata for c in cells)
+    assert ["".join(o.get("text", "") for o in c.outputs) for c in cells] == ["computed\n", "True\n"]
 
 
 def test_a_run_that_cannot_fit_is_refused_unless_asked_to_fit(

@@ -628,8 +628,8 @@ def test_second_run_is_cached_and_starts_no_process(folder: Path, workspace: Pat
         make_step("a", "x = 21\nopen('runs.txt', 'a').write('a')", outputs=("x",)),
         make_step("b", "score = x * 2\nprint(score)", inputs=("x",), metrics=("score",)),
     )
-    first, _ = run(pipeline, folder, workspace)
-    second, events = run(pipeline, folder, workspace)
+    first, _ = run(pipeline, folder, workspace, use_cache=True)
+    second, events = run(pipeline, folder, workspace, use_cache=True)
     assert second.step_states == {"a": "cached", "b": "cached"}
     assert not of(events, "step_started") and not of(events, "step_queued")
     assert [e.message for e in of(events, "step_cached")] == [f"from run {first.run_id}"] * 2
@@ -645,7 +645,7 @@ def test_second_run_is_cached_and_starts_no_process(folder: Path, workspace: Pat
     changed = make_pipeline(
         pipeline.steps[0], make_step("b", "score = x * 3", inputs=("x",), metrics=("score",))
     )
-    fourth, _ = run(changed, folder, workspace)
+    fourth, _ = run(changed, folder, workspace, use_cache=True)
     assert fourth.step_states == {"a": "cached", "b": "succeeded"} and fourth.metrics == {"score": 63.0}
 
 
@@ -654,11 +654,11 @@ def test_a_changed_step_runtime_misses_the_cache(
 ) -> None:
     """The runtime is an argument of the step program, not part of it: it must still key the cache."""
     pipeline = make_pipeline(make_step("a", "x = 1", outputs=("x",)))
-    run(pipeline, folder, workspace)
-    assert run(pipeline, folder, workspace)[0].step_states == {"a": "cached"}
+    run(pipeline, folder, workspace, use_cache=True)
+    assert run(pipeline, folder, workspace, use_cache=True)[0].step_states == {"a": "cached"}
     changed = stepcode.packed(stepcode.runtime_source() + "\n# changed\n")
     monkeypatch.setattr(stepcode, "packed_runtime", lambda: changed)
-    assert run(pipeline, folder, workspace)[0].step_states == {"a": "succeeded"}
+    assert run(pipeline, folder, workspace, use_cache=True)[0].step_states == {"a": "succeeded"}
 
 
 def test_uncached_step_reruns_with_its_downstream(folder: Path, workspace: Path) -> None:
@@ -667,9 +667,34 @@ def test_uncached_step_reruns_with_its_downstream(folder: Path, workspace: Path)
         make_step("uses", "print(stamp)", inputs=("stamp",)),
         make_step("other", "print('other')"),
     )
-    run(pipeline, folder, workspace)
-    again, _ = run(pipeline, folder, workspace)
+    run(pipeline, folder, workspace, use_cache=True)
+    again, _ = run(pipeline, folder, workspace, use_cache=True)
     assert again.step_states == {"fresh": "succeeded", "uses": "succeeded", "other": "cached"}
+
+
+def test_by_default_every_step_runs_again_as_re_executing_would(folder: Path, workspace: Path) -> None:
+    """No stale results (issue 10 item 9): a step reading a file that changed, or the clock, runs again;
+    only a step tagged cache:on is reused without --cache."""
+    pipeline = make_pipeline(
+        make_step("read", "text = open('in.txt').read()", outputs=("text",)),
+        make_step("clock", "import time\nnow = time.time()", outputs=("now",)),
+        make_step("slow", "import time\nstarted = time.time()", outputs=("started",), cache=True),
+        make_step("show", "print(text, now, started)", inputs=("text", "now", "started")),
+    )
+    (folder / "in.txt").write_text("first")
+    first, _ = run(pipeline, folder, workspace)
+    (folder / "in.txt").write_text("second")
+    second, events = run(pipeline, folder, workspace)
+    assert second.step_states == {
+        "read": "succeeded",
+        "clock": "succeeded",
+        "slow": "cached",
+        "show": "succeeded",
+    }
+    (line,) = [e.line for e in of(events, "step_log", "show")]
+    assert (line or "").startswith("second ")  # the file as it is now
+    assert [e.message for e in of(events, "step_cached")] == [f"from run {first.run_id}"]
+    assert run(pipeline, folder, workspace, use_cache=False)[0].step_states["slow"] == "succeeded"
 
 
 def test_resume_reruns_only_what_failed_or_never_ran(folder: Path, workspace: Path) -> None:

@@ -144,7 +144,7 @@ class KfpEngine:
         connection = self.connection or resolve(host=self.host, namespace=self.namespace, auth=self.auth)
         cluster = Cluster.connect(connection)
         ir_yaml = compile_pipeline(pipeline).ir_yaml
-        if not request.use_cache:
+        if request.use_cache is False:
             ir_yaml = without_cache(ir_yaml)
         experiment = (
             self.experiment or pipeline.experiment or connection.default_experiment or DEFAULT_EXPERIMENT

@@ -87,7 +87,10 @@ class StepCache:
             step.settings.env,
         )
         setting = step.settings.cache if step.settings.cache is not None else self.pipeline.cache_default
-        run.cacheable = self.request.use_cache and setting
+        if self.request.use_cache is None:  # the default: only what the notebook asks to reuse
+            run.cacheable = step.settings.cache is True
+        else:
+            run.cacheable = self.request.use_cache and setting
 
     def reuse(self, run: StepRun) -> Reuse | None:
         """--resume: a step that succeeded in the earlier run is kept, unless what it computed from
