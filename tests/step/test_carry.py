@@ -99,7 +99,7 @@ def test_replayed_statements_run_silently_before_the_step_cells(tmp_path: Path) 
         "index": 2,
         "role": "replay",
         "step": "a",
-        "code": "import os\nprint('hidden')\nos.chdir('sub')\n",
+        "code": "import os\nprint('hidden')\nget_ipython().run_line_magic('cd', 'sub')\n",
     }
     broken = {"index": 3, "role": "replay", "step": "a", "code": "import not_a_module_at_all\n"}
     spec = make_spec(cell(1, "import sys\n", "imports"), replay, broken, cell(5, "print(os.getcwd())\n"))
