@@ -59,6 +59,9 @@ _HARMLESS_METHODS = frozenset(
         "isnull", "notna", "notnull", "isin", "between", "where", "mask", "duplicated",
         "drop_duplicates", "nonzero", "prod", "plot", "hist", "boxplot", "style", "to_frame",
         "first", "last", "size", "cut", "qcut", "loc", "iloc", "at", "iat", "view", "compute",
+        "reindex", "interpolate", "ffill", "bfill", "ewm", "contains", "extract", "match", "len",
+        "bar", "barh", "line", "scatter", "pie", "box", "kde", "area", "hexbin", "density",
+        "searchsorted", "argwhere", "numpy", "cpu", "detach", "evaluate", "json",
         # scikit-learn style estimators and models
         "predict", "predict_proba", "predict_log_proba", "decision_function", "score",
         "score_samples", "inverse_transform", "get_params", "get_feature_names_out", "summary",
