@@ -18,7 +18,10 @@ def group(report: Report, cells: list[Cell]) -> tuple[list[StepDraft], dict[str,
     tagged = any(c.tags.step or c.tags.continues for c in cells)
     report.lenient = not tagged
     for cell, message in report.deferred:
-        report.code_error(cell, message)
+        if cell.tags.role in ("parameters", "metrics"):  # not run as cells: nothing would stop there
+            report.error_at(cell, message)
+        else:
+            report.code_error(cell, message)
     report.deferred.clear()
     if not tagged:
         name = step_name_from_file(Path(report.notebook).stem)

@@ -908,6 +908,10 @@ def test_an_untagged_notebook_runs_up_to_a_code_mistake_as_papermill_does() -> N
         "cell, as papermill's does",
     ]
     assert p.steps[0].cells[2].python == "y = ("  # run as written: the step raises SyntaxError there
+    # A parameters cell is not run as a cell: its syntax error stays an error.
+    assert errors_of(("lr = (", ["parameters"]), "print(1)") == [
+        "nb.ipynb: cell 0 [parameters]: syntax error: '(' was never closed (line 1)"
+    ]
     # Tagged, the same mistakes are errors: a pipeline is checked before any step runs.
     assert len(errors_of(("x = 1", ["step:a"]), ("print(totl)", ["step:b"]), ("y = (", ["step:c"]))) == 2
 
