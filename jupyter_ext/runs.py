@@ -83,8 +83,8 @@ class LiveRun:
                 self._started.set_exception(error)
         elif not self._started.done():  # cancelled before the engine started it
             self._started.set_exception(CellpipeError("the run was cancelled before it started"))
-        if self._started.done() and not self.finished:
-            self._finish_for_engine()
+        if self._started.done() and self.last_event() is not None and not self.finished:
+            self._finish_for_engine()  # (a run refused before it started has no stream to end)
         self._done.set()
 
     def _finish_for_engine(self) -> None:

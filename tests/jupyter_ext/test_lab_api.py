@@ -161,3 +161,14 @@ async def test_cells_the_analysis_orders_by_notebook_or_cannot_carry_get_their_m
     assert (1, "boundary") in marks  # the open file passed on
     assert any(mark == "order" for _, mark in marks)  # the seeded random generators keep the order
     assert all(p["mark"] is None for p in view["problems"] if p["severity"] == "error")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_run_the_engine_refuses_is_a_422_and_leaves_no_thread_error(
+    jp_fetch: Fetch, jp_root_dir: Path
+) -> None:
+    write(jp_root_dir / "plain.ipynb", PLAIN)  # step fit asks for a GPU this machine does not have
+    with pytest.raises(HTTPClientError) as caught:
+        await call(jp_fetch, "runs", body={"path": "plain.ipynb", "engine": "local"})
+    assert caught.value.code == 422
+    await asyncio.sleep(0.5)  # the run's thread ends after the answer
