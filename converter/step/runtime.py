@@ -582,11 +582,6 @@ def _new_shell() -> Any:
         def _showtraceback(self, etype: type, evalue: BaseException, stb: Any) -> None:
             holder.step.shell_error(etype, evalue, stb)
 
-        def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
-            if exc_tuple is None and isinstance(sys.exc_info()[1], SystemExit):
-                raise  # ends the step: code 0 stops it successfully (see the module docstring)
-            super().showtraceback(exc_tuple, *args, **kwargs)
-
     config = Config()
     config.HistoryManager.enabled = False  # no sqlite file or saver thread in a pod
     if InteractiveShell._instance is not None:  # an earlier step run in this process (tests)
@@ -765,6 +760,8 @@ class _Step:
                 t = round(time.perf_counter() - started, 3)
                 self.done.append({**cell, "execution_count": count, "outputs": self.outputs, "seconds": t})
                 if isinstance(error, SystemExit) and error.code in (None, 0):
+                    # stops the step, successfully (see the module docstring): not an error output
+                    self.outputs[:] = [o for o in self.outputs if o.get("ename") != "SystemExit"]
                     return True
                 if error is not None and cell.get("raises") and isinstance(error, Exception):
                     self.expected.append((cell["index"], error))
@@ -780,11 +777,9 @@ class _Step:
     def _run_cell(self, cell: dict[str, Any], count: int) -> tuple[BaseException | None, bool]:
         """The error that ended the cell, if any, and whether it is already shown as an output."""
         if self.shell is not None:
-            try:  # the notebook's own source: IPython transforms magics exactly as in Jupyter
-                result = self.shell.run_cell(cell.get("source", cell["code"]), store_history=True)
-            except SystemExit as stop:  # let through by the shell (see _kernel_shell)
-                self.shell.events.trigger("post_execute")  # the inline backend's figures
-                return stop, False
+            # the notebook's own source: IPython transforms magics exactly as in Jupyter, and shows
+            # errors (SystemExit included) as the kernel does
+            result = self.shell.run_cell(cell.get("source", cell["code"]), store_history=True)
             error = result.error_before_exec or result.error_in_exec
             return error, error is not None
         index, code = cell["index"], cell["code"]
