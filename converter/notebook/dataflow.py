@@ -178,7 +178,13 @@ def data_flow(
     # folder that step made, say): state travels along the notebook's order.
     state_order: list[tuple[str, str]] = []
     setter: str | None = None
+    module_writers: dict[str, str] = {}  # a module %%writefile wrote -> the step that wrote it
     for draft in drafts:
+        written, imported_modules = carry.module_files([code_cell(c) for c in draft.cells])
+        state_order += [
+            (module_writers[m], draft.name) for m in sorted(imported_modules) if m in module_writers
+        ]
+        module_writers.update(dict.fromkeys(written, draft.name))
         if setter is not None:
             state_order.append((setter, draft.name))
         if carry.sets_state([code_cell(c) for c in draft.cells], module_aliases):

@@ -225,6 +225,33 @@ def sets_state(cells: Iterable[CodeCell], names: dict[str, str]) -> bool:
     return False
 
 
+def module_files(cells: Iterable[CodeCell]) -> tuple[set[str], set[str]]:
+    """(written, imported): modules the cells write as ``NAME.py`` with ``%%writefile``, and top-level
+    modules they import. A step importing a module an earlier step wrote runs after that step."""
+    written: set[str] = set()
+    imported: set[str] = set()
+    for cell in cells:
+        for node in ast.walk(_parse(cell.python)):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "run_cell_magic"
+                and len(node.args) >= 2
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == "writefile"
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
+                target = node.args[1].value.split()[-1] if node.args[1].value.split() else ""
+                if target.endswith(".py") and "/" not in target:
+                    written.add(target[:-3])
+    return written, imported
+
+
 def _notebook_order(pipeline: Pipeline) -> list[Step]:
     return sorted((s for s in pipeline.steps if s.cells), key=lambda s: s.cells[0].index)
 

@@ -109,3 +109,13 @@ def test_replayed_statements_run_silently_before_the_step_cells(tmp_path: Path) 
     assert [c["index"] for c in cells] == [1, 5] and [c["execution_count"] for c in cells] == [1, 2]
     assert cells[1]["outputs"][0]["text"].strip().endswith("sub") and "hidden" not in result.stdout
     assert "could not replay cell 3 of step 'a': ModuleNotFoundError" in result.stderr
+
+
+def test_a_step_importing_a_module_an_earlier_step_wrote_runs_after_it() -> None:
+    pipeline = read(
+        ("%%writefile helper_mod.py\ndef double(x):\n    return 2 * x", ["step:write"]),
+        ("y = 1", ["step:other"]),
+        ("from helper_mod import double\nprint(double(21))", ["step:use"]),
+    )
+    assert ("write", "use", "after", ()) in edges(pipeline)
+    assert ("other", "use", "after", ()) not in edges(pipeline)
