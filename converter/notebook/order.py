@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -51,6 +53,7 @@ def file_order(
         if (a := step_analysis.get(d.name)) is not None
         and (a.paths_read or a.paths_written or a.paths_unknown)
     ]
+    module_pairs = _module_order(drafts, step_analysis)
     unknown = [d for d in touching if step_analysis[d.name].paths_unknown]
     if unknown:
         for draft in unknown:
@@ -61,7 +64,7 @@ def file_order(
                 f"step {draft.name!r} touches files it cannot name (a computed path or a shell command): "
                 "the steps that touch files run in notebook order",
             )
-        return [(a.name, b.name) for a, b in itertools.pairwise(touching)]
+        return [(a.name, b.name) for a, b in itertools.pairwise(touching)] + module_pairs
     pairs: list[tuple[str, str]] = []
     writer: dict[str, str] = {}
     readers: dict[str, list[str]] = {}  # path -> steps that read it since it was last written
@@ -77,7 +80,42 @@ def file_order(
         for path in analysis.paths_written:
             writer[path] = draft.name
             readers[path] = []
-    return [(a, b) for a, b in dict.fromkeys(pairs) if a != b]
+    return [(a, b) for a, b in dict.fromkeys(pairs + module_pairs) if a != b]
+
+
+def _module_order(
+    drafts: Sequence[StepDraft], step_analysis: Mapping[str, CellAnalysis]
+) -> list[tuple[str, str]]:
+    """A step importing a module an earlier step may make runs after it.
+
+    Made by writing `M.py` or `M/...` (`%%writefile helper.py`), or, for a module this environment
+    cannot find, by any earlier step touching files it cannot name (`!pip install termcolor`).
+    """
+    pairs: list[tuple[str, str]] = []
+    written: dict[str, str] = {}  # path -> last writer
+    shell: list[str] = []  # steps touching files they cannot name
+    for draft in drafts:
+        analysis = step_analysis.get(draft.name)
+        if analysis is None:
+            continue
+        for module in sorted(analysis.modules):
+            makers = [w for p, w in written.items() if p == f"{module}.py" or p.startswith(f"{module}/")]
+            if not makers and shell and not _findable(module):
+                makers = list(shell)
+            pairs.extend((maker, draft.name) for maker in makers if maker != draft.name)
+        for path in analysis.paths_written:
+            written[path] = draft.name
+        if analysis.paths_unknown:
+            shell.append(draft.name)
+    return pairs
+
+
+@functools.lru_cache(maxsize=1024)
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def topological(report: Report, drafts: list[StepDraft], edges: Iterable[Edge]) -> list[StepDraft] | None:

@@ -1007,3 +1007,15 @@ def test_validate_lists_where_state_keeps_the_notebook_order() -> None:
         "the global random generators are seeded: the steps drawing from them run in notebook order "
         "('draw', 'again' each after the one before)" in messages
     )
+
+
+def test_a_module_an_earlier_step_makes_orders_its_importers() -> None:
+    p = read(
+        ("%%writefile helper_mod_xyz.py\ndef f():\n    return 1", ["step:write"]),
+        ("!echo installing not_installed_mod_xyz", ["step:install"]),
+        ("from helper_mod_xyz import f\nprint(f())", ["step:use"]),
+        ("import not_installed_mod_xyz", ["step:use_installed"]),
+        ("import json\nprint(json.dumps(1))", ["step:plain"]),
+    )
+    assert {("write", "use"), ("install", "use_installed")} <= after_edges(p)
+    assert not any("plain" in pair for pair in after_edges(p) if pair[0] != "install")
