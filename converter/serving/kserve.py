@@ -87,7 +87,7 @@ _STEP_ENDS = ("step_succeeded", "step_cached")
 
 def load_run_model(run: str, step_name: str, workspace: Path | None = None) -> tuple[object, str, str]:
     """(the model, its run id, its variable) as step `step_name` of local run `run` produced it."""
-    from converter.step.runtime import load_value
+    from converter.step.values import load_value
     from converter.store.artifacts import ArtifactStore
     from converter.store.runstore import RunStore
     from converter.store.workspace import Workspace

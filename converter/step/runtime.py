@@ -14,32 +14,21 @@ to save its outputs (so it can still succeed); any other code fails the step wit
 from __future__ import annotations
 
 import ast
-import base64
 import html
 import importlib.util
 import json
 import linecache
 import math
 import os
-import re
-import shutil
 import sys
 import time
 import types
 from pathlib import Path
 from typing import Any
 
-_VALUE_FILES = (
-    "value.npy",
-    "value.columns",  # a folder: one .npy per column
-    "value.arrow",
-    "value.parquet",  # frames saved before Arrow IPC: still read
-    "value.joblib",
-    "value.pt",
-    "value.json",
-    "value.pkl",
-)
-_MMAP_BYTES = 1 << 20  # smaller arrays are read outright: a memory map costs more than it saves
+from converter.step.outputs import ANSI, Capture, Tee, bundle, escaped, render_output  # inlined: stepcode
+from converter.step.values import METRICS_LOG_PREFIX, load_value, save_value  # inlined: stepcode
+
 _REPRS = (
     ("text/html", "_repr_html_"),
     ("text/markdown", "_repr_markdown_"),
@@ -50,7 +39,6 @@ _REPRS = (
 )
 _SHARED_ROLES = ("imports", "functions")
 RANDOM_STATE = "cellpipe_random_state"  # converter/step/carry.py: the global random state as a value
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 _CSS = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}"
@@ -64,210 +52,6 @@ _CSS = (
 
 class StepFailed(Exception):
     """A user-caused failure of the step, reported as one line naming the step, never a traceback."""
-
-
-# ---------------------------------------------------------------- serialization
-
-
-METRICS_LOG_PREFIX = "cellpipe-metrics: "  # a pod log line carrying the step's metrics as JSON
-
-
-def save_value(value: object, path: str | os.PathLike[str]) -> str:
-    """Save `value` into the artifact directory `path` in the fastest faithful format; return it."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (*_VALUE_FILES, "meta.json"):  # a stale file would win the load dispatch
-        if (folder / name).is_dir():
-            shutil.rmtree(folder / name)
-        (folder / name).unlink(missing_ok=True)
-    meta: dict[str, Any] = {}
-    fmt = _save_typed(value, folder, meta) or _save_pickle(value, folder)
-    cls = type(value)
-    meta.update(format=fmt, type=f"{cls.__module__}.{cls.__qualname__}")
-    saved = folder / f"value.{fmt}"
-    meta["nbytes"] = (
-        sum(f.stat().st_size for f in saved.iterdir()) if saved.is_dir() else saved.stat().st_size
-    )
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return fmt
-
-
-def _save_typed(value: Any, folder: Path, meta: dict[str, Any]) -> str | None:
-    """Formats that beat pickle for their type; None when none applies."""
-    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
-    if np is not None and type(value) is np.ndarray and not value.dtype.hasobject:
-        with open(folder / "value.npy", "wb") as file:  # a real file: np.save streams, no copy
-            np.save(file, value, allow_pickle=False)
-        return "npy"
-    if pd is not None and type(value) in (pd.DataFrame, pd.Series):
-        is_series = type(value) is pd.Series
-        name = value.name if is_series else None
-        frame = value.to_frame("value") if is_series else value
-        if (name is None or type(name) in (str, int, float, bool)) and _parquet_faithful(frame, pd):
-            if is_series:
-                meta["series"] = {"name": name}
-            if _save_columns(frame, folder, meta, np, pd):
-                return "columns"
-            try:  # Arrow IPC, uncompressed: written ~5x faster than Parquet, memory-mapped on load
-                from pyarrow import feather
-
-                feather.write_feather(frame, folder / "value.arrow", compression="uncompressed")
-            except Exception:  # pyarrow missing or a dtype it cannot write: pickle instead
-                (folder / "value.arrow").unlink(missing_ok=True)
-                meta.pop("series", None)
-            else:
-                return "arrow"
-    sklearn_base = sys.modules.get("sklearn.base")
-    if sklearn_base is not None and isinstance(value, sklearn_base.BaseEstimator) and _by_reference(value):
-        try:
-            import joblib
-        except ImportError:
-            return None
-        joblib.dump(value, folder / "value.joblib")
-        return "joblib"
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor | torch.nn.Module):
-        try:  # classes defined in cells live in __main__: cloudpickle stores them by value
-            import cloudpickle as pickler
-        except ImportError:
-            import pickle as pickler
-        torch.save(value, folder / "value.pt", pickle_module=pickler)
-        return "pt"
-    if _json_exact(value):
-        (folder / "value.json").write_text(json.dumps(value))
-        return "json"
-    return None
-
-
-def _save_columns(frame: Any, folder: Path, meta: dict[str, Any], np: Any, pd: Any) -> bool:
-    """Plain numpy columns and a RangeIndex: one .npy per column, as fast as an array both ways.
-
-    No conversion on either side (Arrow copies a frame into its own buffers and back); the consumer
-    memory-maps each column copy-on-write (see `_load_array`). False, writing nothing, for any other frame.
-    """
-    index = frame.index
-    plain = all(isinstance(t, np.dtype) and t.kind in "biufcmM" for t in frame.dtypes)
-    if type(index) is not pd.RangeIndex or frame.columns.name is not None or not plain:
-        return False
-    target = folder / "value.columns"
-    target.mkdir()
-    for number, name in enumerate(frame.columns):
-        with open(target / f"{number}.npy", "wb") as file:
-            np.save(file, frame[name].to_numpy(), allow_pickle=False)
-    meta["columns"] = list(frame.columns)
-    meta["index"] = {"start": index.start, "stop": index.stop, "step": index.step, "name": index.name}
-    return True
-
-
-def _load_array(file: Path) -> Any:
-    import numpy as np
-
-    if file.stat().st_size >= _MMAP_BYTES:
-        try:  # nothing read until used; copy-on-write, so cells may change it (the file never does)
-            return np.load(file, mmap_mode="c", allow_pickle=False).view(np.ndarray)
-        except (OSError, ValueError):  # a file system without mmap: read it
-            pass
-    with open(file, "rb") as handle:
-        return np.load(handle, allow_pickle=False)
-
-
-def _parquet_faithful(frame: Any, pd: Any) -> bool:
-    """Parquet round-trips a frame only with unique string labels and homogeneous columns."""
-    labels = list(frame.columns)
-    names = [*frame.index.names, frame.columns.name]
-    if not all(type(c) is str for c in labels) or len(set(labels)) != len(labels):
-        return False
-    if not all(n is None or type(n) is str for n in names):
-        return False
-    index = frame.index
-    columns = [frame[c] for c in labels] + [index.get_level_values(i) for i in range(index.nlevels)]
-    infer = pd.api.types.infer_dtype
-    return all(c.dtype != object or infer(c, skipna=True) in ("string", "empty") for c in columns)
-
-
-def _by_reference(estimator: Any) -> bool:
-    """joblib pickles classes by reference: fine unless a part was defined in the notebook."""
-    try:
-        parts = [estimator, *estimator.get_params(deep=True).values()]
-    except Exception:
-        return False
-    return not any("__main__" in (type(p).__module__, getattr(p, "__module__", None)) for p in parts)
-
-
-def _json_exact(value: object) -> bool:
-    """True when JSON gives back exactly this value (no tuples, no int keys, no subclasses)."""
-    try:
-        kind = type(value)
-        if kind in (type(None), bool, int, float, str):
-            return True
-        if kind is list:
-            return all(_json_exact(v) for v in value)  # type: ignore[attr-defined]
-        if kind is dict:
-            return all(type(k) is str and _json_exact(v) for k, v in value.items())  # type: ignore[attr-defined]
-    except RecursionError:  # cyclic or absurdly deep: pickle handles it
-        pass
-    return False
-
-
-def _save_pickle(value: object, folder: Path) -> str:
-    try:
-        import cloudpickle as pickler
-    except ImportError:
-        import pickle as pickler
-    target = folder / "value.pkl"
-    try:
-        with open(target, "wb") as file:
-            pickler.dump(value, file, protocol=5)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return "pkl"
-
-
-def load_value(path: str | os.PathLike[str]) -> object:
-    """Load what `save_value` wrote into `path`, dispatching on the value file present."""
-    folder = Path(path)
-    meta_file = folder / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    file = next((folder / n for n in _VALUE_FILES if (folder / n).exists()), None)
-    if file is None:
-        raise FileNotFoundError(f"no saved value in {folder}")
-    fmt = file.suffix[1:]
-    if fmt == "npy":
-        return _load_array(file)
-    if fmt in ("columns", "arrow", "parquet"):
-        import pandas as pd
-
-        if fmt == "columns":
-            columns = {name: _load_array(file / f"{n}.npy") for n, name in enumerate(meta["columns"])}
-            index = meta["index"]
-            rows = pd.RangeIndex(index["start"], index["stop"], index["step"], name=index["name"])
-            frame = pd.DataFrame(columns, index=rows, copy=False)  # no copy: the mapped arrays
-        elif fmt == "arrow":
-            from pyarrow import feather
-
-            # Memory-mapped, then one copy into pandas' own (writable) blocks: cells may change it.
-            frame = feather.read_table(file, memory_map=True).to_pandas()
-        else:
-            frame = pd.read_parquet(file, engine="pyarrow")
-        if "series" not in meta:
-            return frame
-        return frame["value"].rename(meta["series"]["name"])
-    if fmt == "joblib":
-        import joblib
-
-        return joblib.load(file)
-    if fmt == "pt":
-        import torch
-
-        where = None if torch.cuda.is_available() else "cpu"  # saved on a GPU pod, loaded on CPU
-        return torch.load(file, map_location=where, weights_only=False)
-    if fmt == "json":
-        return json.loads(file.read_text())
-    import pickle
-
-    with open(file, "rb") as handle:
-        return pickle.load(handle)
 
 
 # ---------------------------------------------------------------- arguments and parameters
@@ -359,118 +143,6 @@ def _importable(name: str) -> bool:
 
 
 # ---------------------------------------------------------------- running the cells
-
-
-class _Capture:
-    """One stream output's text, captured in linear time with bounded memory.
-
-    Chunks are kept in a list (growing one string by ``+=`` copies it on every write: quadratic in
-    the bytes printed). Past `limit` characters the middle is dropped: the first half of the limit
-    stays, then the most recent half, with a line saying how much was cut and why. The step's log
-    (the pod log, or the local engine's step log) gets every line regardless.
-    """
-
-    limit = int(os.environ.get("CELLPIPE_OUTPUT_LIMIT", 64 * 1024 * 1024))  # characters per output
-
-    def __init__(self, text: str) -> None:
-        self.head: list[str] = []
-        self.head_size = 0
-        self.tail: list[str] = []  # used once the head is full; oldest chunks dropped first
-        self.tail_start = 0  # index of the oldest chunk still kept in `tail`
-        self.tail_size = 0
-        self.cut_chars = self.cut_lines = 0
-        self.add(text)
-
-    def add(self, text: str) -> None:
-        half = self.limit // 2
-        if self.head_size < half and not self.tail:
-            self.head.append(text)
-            self.head_size += len(text)
-            return
-        self.tail.append(text)
-        self.tail_size += len(text)
-        while self.tail_size > half and len(self.tail) - self.tail_start > 1:
-            dropped = self.tail[self.tail_start]
-            self.tail[self.tail_start] = ""
-            self.tail_start += 1
-            self.tail_size -= len(dropped)
-            self.cut_chars += len(dropped)
-            self.cut_lines += dropped.count("\n")
-        if self.tail_start > 1024 and self.tail_start * 2 > len(self.tail):
-            del self.tail[: self.tail_start]  # amortized: each chunk is moved at most once more
-            self.tail_start = 0
-
-    def text(self) -> str:
-        head = "".join(self.head)
-        if not self.cut_chars:
-            return head + "".join(self.tail)
-        if not head.endswith("\n"):
-            head += "\n"
-        note = (
-            f"[cellpipe: {self.cut_lines:,} lines ({self.cut_chars:,} characters) of output cut here to "
-            f"bound the step's memory (CELLPIPE_OUTPUT_LIMIT={self.limit}); the step log has every line]\n"
-        )
-        return head + note + "".join(self.tail[self.tail_start :])
-
-
-class _Tee:
-    """A stdout/stderr stand-in: writes through at once (pod log) and records a stream output."""
-
-    def __init__(self, real: Any, name: str, step: _Step) -> None:
-        self.real, self.name, self.step = real, name, step
-
-    def write(self, text: str) -> int:
-        self.real.write(text)
-        if "\n" in text:
-            self.real.flush()
-        self.step.stream(self.name, text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.real.flush()
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.real, attr)
-
-
-def _bundle(data: dict[str, Any]) -> dict[str, Any]:
-    """A MIME bundle as nbformat stores it: binary images base64, everything else text or JSON."""
-    out: dict[str, Any] = {}
-    for mime, value in data.items():
-        if isinstance(value, tuple):  # _repr_png_ may return (data, metadata)
-            value = value[0]
-        if isinstance(value, bytes):
-            binary = mime.startswith("image/") and "svg" not in mime
-            value = base64.b64encode(value).decode() if binary else value.decode(errors="replace")
-        elif not (isinstance(value, str) or "json" in mime):
-            value = str(value)
-        out[mime] = value
-    return out
-
-
-def _render(output: dict[str, Any]) -> str:
-    """One nbformat output as report HTML, preferring the richest representation."""
-    kind = output["output_type"]
-    if kind == "stream":
-        return f'<pre class="{output["name"]}">{_text(output["text"])}</pre>'
-    if kind == "error":
-        return f'<pre class="error">{_text(chr(10).join(output["traceback"]))}</pre>'
-    data = output["data"]
-    if "text/html" in data:
-        return f"<div>{data['text/html']}</div>"
-    for mime in ("image/svg+xml", "image/png", "image/jpeg"):
-        if mime in data:
-            raw = data[mime].encode() if "svg" in mime else None
-            encoded = base64.b64encode(raw).decode() if raw is not None else data[mime]
-            return f'<img src="data:{mime};base64,{encoded}">'
-    for mime in ("text/markdown", "text/latex", "text/plain"):
-        if mime in data:
-            return f"<pre>{_text(data[mime])}</pre>"
-    return ""
-
-
-def _text(text: str) -> str:
-    return html.escape(_ANSI.sub("", text))
 
 
 _HOLDER = "__cellpipe_kernel_shell__"  # sys.modules entry: the shell and the step it records for
@@ -696,7 +368,7 @@ class _Step:
         """
         error = {"output_type": "error", "ename": etype.__name__, "evalue": str(evalue), "traceback": stb}
         self.outputs.append(error)
-        self.real_err.write(_ANSI.sub("", "\n".join(stb)) + "\n")
+        self.real_err.write(ANSI.sub("", "\n".join(stb)) + "\n")
         self.real_err.flush()
 
     def _display(self, *objs: Any, raw: bool = False, metadata: Any = None, **_: Any) -> None:
@@ -720,7 +392,7 @@ class _Step:
 
     def record(self, output: dict[str, Any]) -> None:
         if "data" in output:
-            output["data"] = _bundle(output["data"])
+            output["data"] = bundle(output["data"])
         self.outputs.append(output)
 
     def stream(self, name: str, text: str) -> None:
@@ -728,7 +400,7 @@ class _Step:
         if last and last["output_type"] == "stream" and last["name"] == name and "text" not in last:
             last["_capture"].add(text)
         else:
-            self.outputs.append({"output_type": "stream", "name": name, "_capture": _Capture(text)})
+            self.outputs.append({"output_type": "stream", "name": name, "_capture": Capture(text)})
 
     def _finish_outputs(self) -> None:
         """Stream outputs captured as chunks become nbformat's one `text` string each."""
@@ -740,7 +412,7 @@ class _Step:
     def _run_cells(self) -> bool:
         """Run every cell like a kernel would; False when one failed."""
         real_out, self.real_err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(real_out, "stdout", self), _Tee(self.real_err, "stderr", self)
+        sys.stdout, sys.stderr = Tee(real_out, "stdout", self), Tee(self.real_err, "stderr", self)
         try:
             count = 0
             for cell in self.spec.get("cells", []):
@@ -923,8 +595,8 @@ class _Step:
             done = ran.get(cell["index"])
             ran_as = f" [{done['execution_count']}] {done['seconds']} s" if done else ": not run"
             head = f"cell {cell['index']}{ran_as}"
-            body = f'<pre class="src">{_text(cell.get("source", cell["code"]))}</pre>'
-            body += "".join(_render(o) for o in done["outputs"]) if done else ""
+            body = f'<pre class="src">{escaped(cell.get("source", cell["code"]))}</pre>'
+            body += "".join(render_output(o) for o in done["outputs"]) if done else ""
             if cell.get("role") in _SHARED_ROLES:
                 head += f" ({cell['role']})"
                 parts.append(f'<details><summary class="head">{head}</summary>{body}</details>')

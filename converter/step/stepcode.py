@@ -1,11 +1,12 @@
 """The program each step runs, and its command line: one definition for every output and engine.
 
 A step is `python3 -c PROGRAM RUNTIME ARGS...`. PROGRAM is a one-line loader plus the step's spec;
-RUNTIME, its first argument, is `converter/step/runtime.py`'s source, packed, which the loader runs
-first. The runtime is the same for every step, so the compiled pipeline carries it once, as the
-default of a pipeline-level input (`RUNTIME_PARAMETER`) every step reads, and not once per step:
-a KFP backend turns the whole pipeline into one Argo Workflow object, which must fit in 256 KiB
-(KFP <= 2.2 keeps component logic in annotations, kubeflow/pipelines#10968) and in etcd's 1.5 MiB.
+RUNTIME, its first argument, is `converter/step/runtime.py`'s source with the step modules it
+inlines (`values`, `outputs`), packed, which the loader runs first. The runtime is the same for
+every step, so the compiled pipeline carries it once, as the default of a pipeline-level input
+(`RUNTIME_PARAMETER`) every step reads, and not once per step: a KFP backend turns the whole
+pipeline into one Argo Workflow object, which must fit in 256 KiB (KFP <= 2.2 keeps component
+logic in annotations, kubeflow/pipelines#10968) and in etcd's 1.5 MiB.
 
 The KFP output puts exactly this command in a container component; the local engine runs exactly
 this command (with the same packed runtime as RUNTIME) in a process. Changing the generated code
@@ -18,6 +19,7 @@ import ast
 import functools
 import json
 import keyword
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,9 +48,30 @@ class Arg:
     if_present: str | None = None  # part of an optional parameter's flag: left out when it has no value
 
 
+# A line of runtime.py importing one of the step program's other modules, which are inlined there.
+_INLINED = re.compile(r"^from converter\.step\.(\w+) import .*# inlined: stepcode$", re.M)
+
+
 @functools.cache
 def runtime_source() -> str:
-    return (Path(__file__).parent / "runtime.py").read_text(encoding="utf-8")
+    """The step program's runtime as one self-contained source: `runtime.py` with the modules it marks
+    `# inlined: stepcode` (values, outputs) put in place of their import lines, since a pod has no
+    cellpipe package to import them from."""
+    text = (Path(__file__).parent / "runtime.py").read_text(encoding="utf-8")
+    return _INLINED.sub(lambda match: _module_body(match.group(1)), text)
+
+
+def _module_body(name: str) -> str:
+    """A step module's source without its docstring and `from __future__` line (runtime.py has both)."""
+    source = (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    future = [node for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "__future__"]
+    skip = {node.lineno for node in future}
+    first = tree.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        skip.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    kept = [line for number, line in enumerate(source.splitlines(), 1) if number not in skip]
+    return "\n".join(kept).strip("\n")
 
 
 def spec(pipeline: Pipeline, step: Step) -> dict[str, object]:

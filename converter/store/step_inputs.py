@@ -25,7 +25,7 @@ from typing import Any
 
 from converter.errors import CellpipeError
 from converter.events import Event
-from converter.step.runtime import load_value
+from converter.step.values import load_value
 from converter.store.artifacts import ArtifactStore
 from converter.store.object_store import ObjectStore, split_uri
 from converter.store.runstore import RunRecord, RunStore, StepRecord

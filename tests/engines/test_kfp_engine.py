@@ -36,7 +36,7 @@ from converter.kfp.cluster import kfp_cron
 from converter.kfp.compile import compile_pipeline, without_cache
 from converter.kfp.connection import Connection, resolve
 from converter.notebook.reader import read_notebook
-from converter.step.runtime import METRICS_LOG_PREFIX
+from converter.step.values import METRICS_LOG_PREFIX
 from converter.store.runstore import RunStore
 from tests.engines.kfp_api_double import KfpApiDouble
 

@@ -257,7 +257,7 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Any]]:
     """Train the sample locally, then `cellpipe serve RUN train --local` it: (base URL, X_test, model)."""
-    from converter.step.runtime import load_value
+    from converter.step.values import load_value
     from converter.store.artifacts import ArtifactStore
     from converter.store.runstore import RunStore
     from converter.store.workspace import Workspace

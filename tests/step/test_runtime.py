@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from converter.step import runtime
-from converter.step.runtime import METRICS_LOG_PREFIX, load_value, save_value
+from converter.step import stepcode
+from converter.step.values import METRICS_LOG_PREFIX, load_value, save_value
 
-RUNTIME = Path(runtime.__file__).read_text(encoding="utf-8")
+RUNTIME = stepcode.runtime_source()  # runtime.py with the modules it inlines
 
 
 def cell(index: int, code: str, role: str = "step") -> dict[str, Any]:

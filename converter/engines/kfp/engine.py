@@ -52,7 +52,7 @@ from converter.kfp.cluster import DEFAULT_EXPERIMENT, Cluster, Published, is_tra
 from converter.kfp.connection import Connection, resolve
 from converter.model import Pipeline
 from converter.step import stepcode
-from converter.step.runtime import METRICS_LOG_PREFIX
+from converter.step.values import METRICS_LOG_PREFIX
 from converter.store.runstore import RunStore
 from converter.store.workspace import Workspace
 
