@@ -21,10 +21,6 @@ CLIENTS = 20
 LINES = 300
 
 
-@pytest.fixture
-def jp_server_config() -> dict[str, Any]:
-    return {"ServerApp": {"jpserver_extensions": {"jupyter_ext": True}}}
-
 
 @pytest.fixture(autouse=True)
 def cellpipe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,11 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from tornado.httpclient import HTTPClientError
 
+from tests.jupyter_ext.rest import API, Fetch
+
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
-API = "cellpipe/api"
-Fetch = Callable[..., Any]
 
-
-@pytest.fixture
-def jp_server_config() -> dict[str, Any]:
-    return {"ServerApp": {"jpserver_extensions": {"jupyter_ext": True}}}
 
 
 @pytest.fixture(autouse=True)

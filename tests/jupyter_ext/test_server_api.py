@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,17 @@ import yaml
 from jupyter_server.auth.authorizer import Authorizer
 from nbformat.v4 import new_code_cell, new_notebook
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import HTTPClientError, HTTPResponse
+from tornado.httpclient import HTTPResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from event_stream_load import read_events
 
+from tests.jupyter_ext.rest import API, Fetch, error_of
+
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
-API = "cellpipe/api"
 SECRET_VALUE = "hunter2-do-not-leak"
 
-
-@pytest.fixture
-def jp_server_config() -> dict[str, Any]:
-    return {"ServerApp": {"jpserver_extensions": {"jupyter_ext": True}}}
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +74,6 @@ def root(jp_root_dir: Path) -> Path:
     return jp_root_dir
 
 
-Fetch = Callable[..., Any]
 
 
 async def post(jp_fetch: Fetch, endpoint: str, body: object, **kwargs: Any) -> HTTPResponse:
@@ -86,15 +81,6 @@ async def post(jp_fetch: Fetch, endpoint: str, body: object, **kwargs: Any) -> H
     response: HTTPResponse = await jp_fetch(API, endpoint, method="POST", body=data, **kwargs)
     return response
 
-
-async def error_of(request: Any) -> tuple[int, dict[str, Any]]:
-    """The status and JSON body of a request that must fail."""
-    with pytest.raises(HTTPClientError) as caught:
-        await request
-    response = caught.value.response
-    assert response is not None
-    assert response.headers["Content-Type"].startswith("application/json")
-    return caught.value.code, json.loads(response.body)
 
 
 def events_path(jp_base_url: str, run_id: str, after: int | None = None) -> str:

@@ -6,27 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
-from tornado.httpclient import HTTPClientError
 
 from converter.events import EventLog
 from converter.store.runstore import ORPHAN_MESSAGE, RunStore
+from tests.jupyter_ext.rest import API, Fetch, error_of
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
-API = "cellpipe/api"
-Fetch = Callable[..., Any]
 
-
-@pytest.fixture
-def jp_server_config() -> dict[str, Any]:
-    return {"ServerApp": {"jpserver_extensions": {"jupyter_ext": True}}}
 
 
 @pytest.fixture(autouse=True)
@@ -42,14 +34,6 @@ def root(jp_root_dir: Path) -> Path:
     nbformat.write(nb, jp_root_dir / "one.ipynb")
     return jp_root_dir
 
-
-async def error_of(request: Any) -> tuple[int, dict[str, Any]]:
-    with pytest.raises(HTTPClientError) as caught:
-        await request
-    response = caught.value.response
-    assert response is not None
-    assert response.headers["Content-Type"].startswith("application/json")
-    return caught.value.code, json.loads(response.body)
 
 
 @pytest.mark.parametrize("endpoint", ["validate", "runs", "compile"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,12 @@ from tornado.httpclient import HTTPClientError
 
 from converter.engines.kfp import engine as kfp_engine
 from tests.engines.kfp_api_double import KfpApiDouble
+from tests.jupyter_ext.rest import API, Fetch
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
-API = "cellpipe/api"
 PROD_TOKEN = "prod-token-SECRET-1b2c"
 ENV_TOKEN = "env-token-SECRET-9d8e"
-Fetch = Callable[..., Any]
 
 
 @pytest.fixture
