@@ -10,6 +10,7 @@ import { Widget } from '@lumino/widgets';
 import * as api from './api';
 import { RunView as RunFold, RunEvent, StepState, isFinal } from './events';
 import { layoutGraph } from './layout';
+import { goToCell } from './runresults';
 import type { PipelineState, PipelineStates } from './state';
 
 export interface PanelSettings {
@@ -469,17 +470,6 @@ export class PipelinePanel extends Widget {
   private poll = 0;
   /** Log sections the user opened (`run/step`): redraws keep them open. */
   private openLogs = new Set<string>();
-}
-
-/** Makes a cell the active one and scrolls it into view. */
-async function goToCell(panel: NotebookPanel, index: number): Promise<void> {
-  const notebook = panel.content;
-  if (index < 0 || index >= notebook.widgets.length) {
-    return;
-  }
-  notebook.activeCellIndex = index;
-  await notebook.scrollToItem(index, 'center');
-  notebook.activeCell?.node.focus();
 }
 
 /** A parameter as typed: JSON when it parses (numbers, booleans, lists), the text otherwise. */
